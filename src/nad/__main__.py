@@ -1,0 +1,5 @@
+import sys
+
+from nad.cli import main
+
+sys.exit(main())

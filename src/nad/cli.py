@@ -1,0 +1,146 @@
+"""The ``nad`` command line: a thin layer over ``nad.api``.
+
+Every problem with the input is reported as one line on stderr with exit code 2 (``--debug`` shows the
+traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nad.errors import NadError
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help_text: str) -> Callable[[Callable[[argparse.ArgumentParser], None]], Any]:
+    def wrap(
+        add_args: Callable[[argparse.ArgumentParser], None],
+    ) -> Callable[[argparse.ArgumentParser], None]:
+        COMMANDS[name] = (add_args, help_text)
+        return add_args
+
+    return wrap
+
+
+def common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def model_args(p: argparse.ArgumentParser) -> None:
+    """Options that describe a foreign checkpoint (a nad sidecar, when present, supplies them)."""
+    p.add_argument("--arch", help="architecture of a foreign checkpoint: a registered name or file.py:Class")
+    p.add_argument("--arch-kwargs", type=json.loads, default=None, help="JSON, e.g. '{\"depth\": 28}'")
+    p.add_argument("--num-classes", type=int, help="class count of a foreign checkpoint")
+    p.add_argument("--normalize", help="input normalisation: none, cifar10, imagenet, gtsrb, or 'm,m,m;s,s,s'")
+
+
+def out_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--out", required=default is None, default=default, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty --out")
+
+
+@command("train", "train a model, backdoored with --attack, from scratch")
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="cifar10:ROOT, npz:PATH, folder:PATH or digits")
+    p.add_argument("--test", help="test data (default: the test split of --data, when it has one)")
+    p.add_argument("--arch", required=True, help="registered architecture or file.py:Class")
+    p.add_argument("--arch-kwargs", type=json.loads, default=None)
+    p.add_argument("--attack", help="attack spec, e.g. badnets:target=0,pattern=grid")
+    p.add_argument("--epochs", type=int, help="default 40")
+    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--lr", type=float, help="default 0.1")
+    p.add_argument("--normalize", help="input normalisation (default: per dataset, e.g. cifar10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--channels-last", action="store_true")
+    out_args(p)
+    common(p)
+
+
+@command("erase", "purify a suspicious model with NAD (or another defense)")
+def _erase_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model file: nad .safetensors (with .json sidecar), or .pt/.pth/.tar")
+    p.add_argument("--clean", required=True, help="clean data to draw the defense's set D from")
+    p.add_argument("--clean-ratio", type=float, default=0.05, help="share of --clean used as D (default 0.05)")
+    p.add_argument("--defense", default="nad", help="defense name (default nad)")
+    p.add_argument("--layers", help="comma-separated qualified module names to distil")
+    p.add_argument("--betas", help="comma-separated betas, one per layer")
+    p.add_argument("--epochs", type=int, help="NAD/fine-tuning epochs (default 20)")
+    p.add_argument("--teacher-epochs", type=int, help="teacher fine-tuning epochs (default 10)")
+    p.add_argument("--p", type=float, help="attention power p (default 2)")
+    p.add_argument("--test", help="test data (default: the test split of --clean, when it has one)")
+    p.add_argument("--attack", help="attack spec to measure ASR (default: the one in the model's sidecar)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the fine-tuning baseline run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    model_args(p)
+    out_args(p)
+    common(p)
+
+
+@command("eval", "measure clean accuracy and attack success rate")
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model")
+    p.add_argument("--data", required=True, help="test data (a dataset's test split by default)")
+    p.add_argument("--attack", help="attack spec (default: the one in the model's sidecar)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    model_args(p)
+    common(p)
+
+
+@command("demo", "backdoor, then purify, a small model on the embedded digits (< 2 minutes)")
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    out_args(p, default="runs/demo")
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nad", description="Erase backdoor triggers with Neural Attention Distillation."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add_args, help_text) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from nad import commands
+
+    try:
+        return getattr(commands, f"run_{args.command}")(args)
+    except NadError as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"nad: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nad: interrupted", file=sys.stderr)
+        return 130
+
+
+def out_dir(path: str, overwrite: bool) -> Path:
+    """Refuse to write into an existing non-empty directory unless ``--overwrite`` was given."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise NadError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise NadError(f"--out {out}: exists and is not empty (use --overwrite to write into it)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

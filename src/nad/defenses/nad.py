@@ -1,0 +1,141 @@
+"""Neural Attention Distillation (Li, Lyu, Koren, Lyu, Li & Ma, ICLR 2021: "Neural Attention Distillation:
+Erasing Backdoor Triggers from Deep Neural Networks").
+
+1. Teacher: a copy of the suspicious model fine-tuned on the clean set D with cross-entropy
+   (``teacher_epochs`` = 10).
+2. Student: the suspicious model fine-tuned on D with
+   ``CE(student(x), y) + sum_k beta_k * MSE(A(student_k(x)), A(teacher_k(x)))``, where ``A`` is the
+   L2-normalised attention map ``sum_c |F_c|^p`` (p = 2) of layer k. The teacher is frozen, in eval mode,
+   and runs one no-grad forward pass per batch.
+
+Defaults are those of the paper's reference code: 20 epochs, batch 64, SGD with momentum 0.9 and Nesterov,
+weight decay 1e-4, lr 0.1 for epochs 0-1 then 0.01, random crop (padding 4), horizontal flip and one
+Cutout hole of length 3. For WRN-16-1 the layers are ``block1``, ``block2``, ``block3`` with betas 500, 1000,
+1000. Layers are named by qualified module name and captured with forward hooks, so any ``nn.Module``
+works; without names, the architecture's registered layers are used, else ``attention.auto_layers`` picks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from nad.attention import FeatureHooks, Reduce, attention_loss, auto_layers, check_layers
+from nad.data.dataset import ImageData
+from nad.defenses.base import Defense, Repair
+from nad.defenses.registry import register_defense
+from nad.errors import NadError
+from nad.models.checkpoint import Classifier
+from nad.models.registry import MODELS
+from nad.training import TrainConfig, freeze, train
+
+
+@dataclass(frozen=True)
+class NADConfig:
+    """NAD's parameters; ``train`` is the student's (and, for ``teacher_epochs``, the teacher's) schedule."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher_epochs: int = 10
+    layers: tuple[str, ...] = ()
+    betas: tuple[float, ...] = ()
+    p: float = 2.0
+    reduce: Reduce = "sum"
+
+    def __post_init__(self) -> None:
+        if self.betas and self.layers and len(self.betas) != len(self.layers):
+            raise NadError(f"NAD: {len(self.layers)} layers but {len(self.betas)} betas; give one beta per layer")
+        if any(b < 0 for b in self.betas):
+            raise NadError("NAD: betas must be >= 0")
+        if self.p <= 0:
+            raise NadError(f"NAD: the attention power p must be > 0, got {self.p}")
+
+
+def default_betas(count: int) -> tuple[float, ...]:
+    """The paper's pattern for a model with no registered betas: 500 for the shallowest layer, 1000 after."""
+    return (500.0,) + (1000.0,) * (count - 1) if count > 1 else (1000.0,)
+
+
+def resolve_layers(clf: Classifier, sample: Tensor, cfg: NADConfig) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The layers and betas to use: as configured, else the architecture's registered ones, else automatic."""
+    entry = MODELS.get(clf.info.arch)
+    layers = cfg.layers or (entry.nad_layers if entry else ()) or tuple(auto_layers(clf.module, sample))
+    betas = cfg.betas
+    if not betas:
+        betas = entry.nad_betas if entry and layers == entry.nad_layers else default_betas(len(layers))
+    if len(betas) != len(layers):
+        raise NadError(f"NAD: {len(layers)} layers ({', '.join(layers)}) but {len(betas)} betas")
+    check_layers(clf.module, sample, layers)
+    return layers, betas
+
+
+class AttentionDistillationLoss:
+    """CE plus the weighted attention losses against a frozen teacher; hooks live while it is entered."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        layers: tuple[str, ...],
+        betas: tuple[float, ...],
+        p: float,
+        reduce: Reduce,
+    ) -> None:
+        self.student_hooks = FeatureHooks(student, layers)
+        self.teacher_hooks = FeatureHooks(teacher, layers)
+        self.teacher = teacher
+        self.betas = betas
+        self.p = p
+        self.reduce = reduce
+
+    def __enter__(self) -> AttentionDistillationLoss:
+        self.student_hooks.__enter__()
+        self.teacher_hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.student_hooks.__exit__()
+        self.teacher_hooks.__exit__()
+
+    def __call__(self, module: nn.Module, inputs: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        logits = module(inputs)
+        student = self.student_hooks.take()
+        with torch.no_grad():
+            self.teacher(inputs)
+        teacher = self.teacher_hooks.take()
+        at = sum(beta * attention_loss(s, t, self.p, self.reduce) for beta, s, t in zip(self.betas, student, teacher))
+        return {"ce": F.cross_entropy(logits, targets), "at": at}  # type: ignore[dict-item]
+
+
+@register_defense
+class NAD(Defense):
+    """``NAD(NADConfig(...)).repair(model, clean)`` returns the purified student and a log."""
+
+    name = "nad"
+    Config = NADConfig
+
+    def repair(
+        self, model: Classifier, clean: ImageData, quiet: bool = False, teacher: Classifier | None = None
+    ) -> Repair:
+        cfg: NADConfig = self.config
+        sample = model.preprocess(clean.x[:2])
+        layers, betas = resolve_layers(model, sample, cfg)
+        log: dict[str, Any] = {"layers": list(layers), "betas": list(betas), "seconds": {}}
+        start = time.perf_counter()
+        if teacher is None:
+            teacher = model.clone()
+            teacher_cfg = replace(cfg.train, epochs=cfg.teacher_epochs)
+            log["teacher_history"] = train(teacher, clean, teacher_cfg, desc="NAD teacher", quiet=quiet).epochs
+        log["seconds"]["teacher"] = time.perf_counter() - start
+        freeze(teacher.module)
+        start = time.perf_counter()
+        student = model.clone()
+        with AttentionDistillationLoss(student.module, teacher.module, layers, betas, cfg.p, cfg.reduce) as loss:
+            history = train(student, clean, cfg.train, loss, desc="NAD student", quiet=quiet)
+        log["history"] = history.epochs
+        log["seconds"]["student"] = time.perf_counter() - start
+        return Repair(student, log)

@@ -1,0 +1,63 @@
+"""Clean accuracy (ACC), attack success rate (ASR), robust accuracy (RA) and DER, in percent.
+
+ASR follows each attack's own test-time definition (``Attack.test_set``): for all-to-one attacks, the share
+of triggered test images whose true label is not the target that the model assigns to the target; for
+all-to-all, the share of triggered images classified as label + 1 mod K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from nad.data.dataset import ImageData
+from nad.models.checkpoint import Classifier
+
+
+@torch.inference_mode()
+def predict(clf: Classifier, x: Tensor, batch_size: int = 1000) -> Tensor:
+    clf.module.eval()
+    preds = [clf(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=x.device)
+
+
+def accuracy(clf: Classifier, data: ImageData) -> float:
+    """Percentage of ``data`` classified as its labels."""
+    if len(data) == 0:
+        return float("nan")
+    return 100.0 * float((predict(clf, data.x) == data.y).float().mean())
+
+
+@dataclass(frozen=True)
+class Scores:
+    acc: float
+    asr: float | None = None
+    ra: float | None = None
+
+    def to_json(self) -> dict[str, float | None]:
+        rounded = {k: None if v is None else round(v, 2) for k, v in vars(self).items()}
+        return {k: v for k, v in rounded.items() if k != "ra" or v is not None}
+
+
+def evaluate(clf: Classifier, test: ImageData, attack=None) -> Scores:  # attack: Attack | None
+    """ACC on the whole test set; with an attack, ASR and RA on its triggered non-target images."""
+    acc = accuracy(clf, test)
+    if attack is None:
+        return Scores(acc)
+    triggered = attack.test_set(test)
+    preds = predict(clf, triggered.x)
+    asr = 100.0 * float((preds == triggered.y).float().mean())
+    true_labels = test.y[test.y != attack.target] if attack.mode == "all2one" else test.y
+    ra = 100.0 * float((preds == true_labels).float().mean())
+    return Scores(acc, asr, ra)
+
+
+def defense_effectiveness(before: Scores, after: Scores) -> float | None:
+    """DER (BackdoorBench): (max(0, ASR drop) - max(0, ACC drop) + 1) / 2, on fractions, in [0, 1]."""
+    if before.asr is None or after.asr is None:
+        return None
+    asr_drop = max(0.0, before.asr - after.asr) / 100
+    acc_drop = max(0.0, before.acc - after.acc) / 100
+    return (asr_drop - acc_drop + 1) / 2

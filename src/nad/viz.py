@@ -1,0 +1,84 @@
+"""Pictures of attention: where each model looks, on clean and triggered images.
+
+Plots use matplotlib's non-interactive Agg backend, so they work with no display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from nad.attention import FeatureHooks
+from nad.io import atomic_path
+from nad.models.checkpoint import Classifier
+
+
+@torch.inference_mode()
+def attention_maps(clf: Classifier, x: Tensor, layers: Sequence[str], p: float = 2.0) -> tuple[list[Tensor], Tensor]:
+    """Per layer, the channel-pooled |F|^p upsampled to the image size and scaled to [0, 1]; and predictions."""
+    clf.module.eval()
+    with FeatureHooks(clf.module, layers) as hooks:
+        preds = clf(x).argmax(1)
+        feats = hooks.take()
+    maps = []
+    for f in feats:
+        a = f.float().abs().pow(p).sum(1, keepdim=True)
+        a = F.interpolate(a, size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+        lo = a.flatten(1).min(1).values.view(-1, 1, 1)
+        hi = a.flatten(1).max(1).values.view(-1, 1, 1)
+        maps.append((a - lo) / (hi - lo).clamp_min(1e-12))
+    return maps, preds
+
+
+def attention_figure(
+    models: Sequence[tuple[str, Classifier, Sequence[str]]],
+    clean: Tensor,
+    triggered: Tensor,
+    out: str | Path,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """One PNG: columns are clean then triggered images; rows, per model and layer, the attention overlay.
+
+    ``models`` holds ``(name, classifier, layers)``. Every cell is titled with that model's prediction.
+    """
+    images = torch.cat([clean, triggered]).cpu()
+    n = len(images)
+    rows = 1 + sum(len(layers) for _, _, layers in models)
+    fig, axes = plt.subplots(rows, n, figsize=(1.3 * n + 1.6, 1.35 * rows + 0.4), squeeze=False)
+    show = images.permute(0, 2, 3, 1).float().div(255)
+    cmap_img = "gray" if show.shape[-1] == 1 else None
+    show = show.squeeze(-1) if show.shape[-1] == 1 else show
+    for j in range(n):
+        axes[0, j].imshow(show[j], cmap=cmap_img, vmin=0, vmax=1)
+        axes[0, j].set_title("clean" if j < len(clean) else "triggered", fontsize=8)
+    axes[0, 0].set_ylabel("input", fontsize=8, rotation=0, ha="right", va="center")
+    row = 1
+    for name, clf, layers in models:
+        device = next(clf.module.parameters()).device
+        maps, preds = attention_maps(clf, images.to(device), layers)
+        for layer, amap in zip(layers, maps):
+            for j in range(n):
+                ax = axes[row, j]
+                ax.imshow(show[j], cmap=cmap_img, vmin=0, vmax=1)
+                ax.imshow(amap[j].cpu(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                label = int(preds[j])
+                ax.set_title(f"pred {class_names[label] if class_names else label}", fontsize=7)
+            axes[row, 0].set_ylabel(f"{name}\n{layer}", fontsize=8, rotation=0, ha="right", va="center")
+            row += 1
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return out
