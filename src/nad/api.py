@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,6 +83,25 @@ class EraseResult:
     log: dict[str, Any]
     clean_size: int
     seconds: float
+    curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+
+
+class CurveRecorder:
+    """Records each defense phase's per-epoch losses and, when given a test subset, its ACC and ASR."""
+
+    def __init__(self, test: ImageData | None = None, attack: Attack | None = None) -> None:
+        self.test = test
+        self.attack = attack
+        self.curves: dict[str, list[dict[str, float]]] = {}
+
+    def __call__(self, phase: str, epoch: int, losses: dict[str, float], model: Classifier) -> None:
+        row: dict[str, float] = {"epoch": epoch + 1, **losses}
+        if self.test is not None:
+            scores = evaluate(model, self.test, self.attack)
+            row["acc"] = scores.acc
+            if scores.asr is not None:
+                row["asr"] = scores.asr
+        self.curves.setdefault(phase, []).append(row)
 
 
 def select_clean(pool: ImageData, ratio: float, seed: int) -> ImageData:
@@ -114,11 +134,13 @@ def erase(
     attack: Attack | None = None,
     baseline: bool = True,
     quiet: bool = False,
+    curve_subset: int = 0,
 ) -> EraseResult:
     """Purify ``model`` with ``defense`` (NAD by default) on the clean set ``clean``.
 
     With ``baseline``, plain fine-tuning runs at the same budget beside it, so the two can be compared.
-    Scores are measured once before and once after, on ``test`` when given.
+    Scores are measured once before and once after, on ``test`` when given; with ``curve_subset`` > 0 also
+    after every epoch, on a fixed, seeded subset of that many test images.
     """
     from nad.defenses import NAD, FineTune
 
@@ -126,14 +148,58 @@ def erase(
     defense = defense if defense is not None else NAD()
     score = (lambda m: evaluate(m, test, attack)) if test is not None else (lambda m: None)
     before = score(model)
-    repair = defense.repair(model, clean, quiet=quiet)
+    recorder = CurveRecorder(fixed_subset(test, curve_subset) if test is not None and curve_subset else None, attack)
+    repair = defense.repair(model, clean, quiet=quiet, monitor=recorder)
     after = score(repair.model)
     finetune = None
     if isinstance(defense, FineTune):
         finetune = after
     elif baseline:
         budget = getattr(defense.config, "train", None)
-        ft = FineTune(budget if isinstance(budget, TrainConfig) else None).repair(model, clean, quiet=quiet)
+        ft_defense = FineTune(budget if isinstance(budget, TrainConfig) else None)
+        ft = ft_defense.repair(model, clean, quiet=quiet, monitor=recorder)
         finetune = score(ft.model)
         repair.log.setdefault("seconds", {})["finetune_baseline"] = ft.log["seconds"]["finetune"]
-    return EraseResult(repair.model, before, after, finetune, repair.log, len(clean), time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return EraseResult(repair.model, before, after, finetune, repair.log, len(clean), seconds, recorder.curves)
+
+
+def fixed_subset(data: ImageData, size: int, seed: int = 0) -> ImageData:
+    """A seeded random subset of ``size`` images (all of them if fewer), the same on every call."""
+    if size >= len(data):
+        return data
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size]
+    return data.subset(torch.sort(index).values.to(data.x.device))
+
+
+def attention_sample(test: ImageData, attack: Attack | None, count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` fixed non-target test images and their triggered versions (none without an attack)."""
+    pool = test if attack is None else test.subset(torch.nonzero(test.y != attack.target).flatten())
+    clean = fixed_subset(pool, count).x
+    return clean, attack.apply(clean) if attack is not None else clean[:0]
+
+
+def save_erase_outputs(
+    out: Path,
+    original: Classifier,
+    result: EraseResult,
+    summary: dict[str, Any],
+    test: ImageData | None,
+    attack: Attack | None,
+) -> None:
+    """Write the purified model, ``results.json``, ``attention.png`` (with test data) and ``report.html``."""
+    from nad.defenses.nad import NADConfig, resolve_layers
+    from nad.io import write_json
+    from nad.models.checkpoint import save_model
+    from nad.report import write_erase_report
+    from nad.viz import attention_figure
+
+    save_model(result.model, out)
+    write_json(out / "results.json", {**summary, "curves": result.curves})
+    figure = None
+    if test is not None:
+        clean, triggered = attention_sample(test, attack)
+        layers = result.log.get("layers") or resolve_layers(original, original.preprocess(clean[:2]), NADConfig())[0]
+        rows = [("before", original, layers), ("after", result.model, layers)]
+        figure = attention_figure(rows, clean, triggered, out / "attention.png", test.classes)
+    write_erase_report(out, summary, result.curves, figure)

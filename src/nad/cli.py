@@ -81,6 +81,7 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", help="test data (default: the test split of --clean, when it has one)")
     p.add_argument("--attack", help="attack spec to measure ASR (default: the one in the model's sidecar)")
     p.add_argument("--no-baseline", action="store_true", help="skip the fine-tuning baseline run")
+    p.add_argument("--curves", type=int, default=0, metavar="N", help="score every epoch on N test images (report)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     model_args(p)
@@ -102,6 +103,20 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 def _demo_args(p: argparse.ArgumentParser) -> None:
     out_args(p, default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
+    common(p)
+
+
+@command("attention", "draw attention maps of one or more models on clean and triggered images")
+def _attention_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model")
+    p.add_argument("--compare", nargs="*", default=[], help="more models to draw below the first")
+    p.add_argument("--data", required=True, help="images to draw (a dataset's test split by default)")
+    p.add_argument("--attack", help="attack spec for the triggered columns (default: the model's own)")
+    p.add_argument("--layers", help="comma-separated layers (default: the NAD layers of the architecture)")
+    p.add_argument("--n", type=int, default=4, help="images per group (clean, triggered)")
+    p.add_argument("--seed", type=int, default=0, help="which images are drawn")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    model_args(p)
     common(p)
 
 

@@ -154,8 +154,29 @@ def defense_from_args(args: argparse.Namespace):  # -> Defense
     return cls(base)
 
 
+def erase_summary(result, args: argparse.Namespace, defense, attack, test: str | None, device) -> dict[str, Any]:
+    return {
+        "before": result.before.to_json() if result.before else None,
+        "after": result.after.to_json() if result.after else None,
+        "finetune": result.finetune.to_json() if result.finetune else None,
+        "config": {
+            "model": str(args.model),
+            "defense": args.defense,
+            "clean": args.clean,
+            "clean_ratio": args.clean_ratio,
+            "clean_size": result.clean_size,
+            "test": test,
+            "attack": attack.spec() if attack else None,
+            "device": str(device),
+            **_jsonable(defense.config),
+        },
+        "seconds": round(result.seconds, 1),
+        "log": result.log,
+    }
+
+
 def run_erase(args: argparse.Namespace) -> int:
-    from nad.api import erase, select_clean
+    from nad.api import erase, save_erase_outputs, select_clean
 
     device = resolve_device(args.device)
     clf = load_classifier(args).to(device)
@@ -170,27 +191,11 @@ def run_erase(args: argparse.Namespace) -> int:
     defense = defense_from_args(args)
     out = out_dir(args.out, args.overwrite)
     clean = select_clean(pool.to(device), args.clean_ratio, args.seed)
-    result = erase(clf, clean, defense, test, attack, baseline=not args.no_baseline, quiet=args.quiet)
-    save_model(result.model, out)
-    summary = {
-        "before": result.before.to_json() if result.before else None,
-        "after": result.after.to_json() if result.after else None,
-        "finetune": result.finetune.to_json() if result.finetune else None,
-        "config": {
-            "model": str(args.model),
-            "defense": args.defense,
-            "clean": args.clean,
-            "clean_ratio": args.clean_ratio,
-            "clean_size": result.clean_size,
-            "test": spec,
-            "attack": attack.spec() if attack else None,
-            "device": str(device),
-            **_jsonable(defense.config),
-        },
-        "seconds": round(result.seconds, 1),
-        "log": result.log,
-    }
-    write_json(out / "results.json", summary)
+    result = erase(
+        clf, clean, defense, test, attack, baseline=not args.no_baseline, quiet=args.quiet, curve_subset=args.curves
+    )
+    summary = erase_summary(result, args, defense, attack, spec, device)
+    save_erase_outputs(out, clf, result, summary, test, attack)
     if test is None:
         print("no test data (give --test): scores were not measured")
     print_scores(
@@ -212,3 +217,40 @@ def run_demo(args: argparse.Namespace) -> int:
     print_scores({"backdoored": result.before, "NAD": result.after, "finetune": result.finetune})
     print(f"wrote {out}/results.json, {out}/attention.png and the models in {result.seconds + trained.seconds:.0f} s")
     return 0
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    import torch
+
+    from nad.defenses.nad import NADConfig, resolve_layers
+    from nad.viz import attention_figure
+
+    device = resolve_device(args.device)
+    paths = [args.model, *args.compare]
+    models = [load_model(p, args.arch, args.num_classes, args.normalize, args.arch_kwargs).to(device) for p in paths]
+    data = load_data(args.data, "test")
+    for clf in models:
+        check_fits(clf, data)
+    attack = attack_for(args.attack or models[0].info.attack, data)
+    if attack is None:
+        raise NadError("say which trigger to draw with --attack (the model records none)")
+    pool = data.subset(torch.nonzero(data.y != attack.target).flatten())
+    gen = torch.Generator().manual_seed(args.seed)
+    images = pool.x[torch.randperm(len(pool), generator=gen)[: max(1, args.n)]].to(device)
+    cfg = NADConfig(layers=parse_list(args.layers, str, "--layers"))
+    rows = []
+    for path, clf in zip(paths, models):
+        layers, _ = resolve_layers(clf, clf.preprocess(images[:2]), cfg)
+        rows.append((_short_name(path), clf, layers))
+    out = attention_figure(rows, images, attack.apply(images), args.out, data.classes)
+    print(f"wrote {out}")
+    return 0
+
+
+def _short_name(path: str) -> str:
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        return p.name
+    return p.parent.name if p.name == "model.safetensors" else p.stem

@@ -10,16 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nad.api import EraseResult, TrainResult, erase, select_clean, train_model
+from nad.api import EraseResult, TrainResult, erase, save_erase_outputs, select_clean, train_model
 from nad.attacks import parse_attack
 from nad.config import from_mapping, load_yaml
 from nad.data import load_data
 from nad.defenses import NAD, NADConfig
-from nad.defenses.nad import resolve_layers
-from nad.io import write_json
 from nad.models import parse_normalize, save_model
 from nad.training import TrainConfig
-from nad.viz import attention_figure
 
 
 @dataclass(frozen=True)
@@ -49,24 +46,24 @@ def run_demo(out: Path, seed: int = 0, quiet: bool = False, device: str = "cpu")
     trained = train_model(train_data, cfg.arch, cfg.train, attack, test, parse_normalize(cfg.normalize), quiet=quiet)
     save_model(trained.model, out, stem="backdoored")
     clean = select_clean(train_data, cfg.clean_ratio, seed)
-    result = erase(trained.model, clean, NAD(cfg.nad), test, attack, quiet=quiet)
-    save_model(result.model, out)
+    result = erase(trained.model, clean, NAD(cfg.nad), test, attack, quiet=quiet, curve_subset=len(test))
     summary: dict[str, Any] = {
         "before": trained.scores.to_json() if trained.scores else None,
         "after": result.after.to_json() if result.after else None,
         "finetune": result.finetune.to_json() if result.finetune else None,
-        "config": {"preset": "demo", "attack": attack.spec(), "clean_size": result.clean_size, "seed": seed},
+        "config": {
+            "preset": "demo",
+            "model": f"{cfg.arch} trained on {cfg.data} with {attack.spec()}",
+            "defense": "nad",
+            "clean": cfg.data,
+            "clean_ratio": cfg.clean_ratio,
+            "clean_size": result.clean_size,
+            "test": f"{cfg.data}:test",
+            "attack": attack.spec(),
+            "seed": seed,
+        },
         "seconds": round(time.perf_counter() - start, 1),
         "log": result.log,
     }
-    write_json(out / "results.json", summary)
-    sample = test.subset(test.y != attack.target).x[:4]
-    layers, _ = resolve_layers(trained.model, trained.model.preprocess(sample[:2]), cfg.nad)
-    attention_figure(
-        [("backdoored", trained.model, layers), ("NAD", result.model, layers)],
-        sample,
-        attack.apply(sample),
-        out / "attention.png",
-        test.classes,
-    )
+    save_erase_outputs(out, trained.model, result, summary, test, attack)
     return trained, result

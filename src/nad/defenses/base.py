@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from nad.data.dataset import ImageData
 from nad.models.checkpoint import Classifier
 from nad.training import TrainConfig
+
+#: Called after every training epoch of a defense with (phase, epoch, mean losses, model being trained).
+Monitor = Callable[[str, int, dict[str, float], Classifier], None]
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,20 @@ class Defense:
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
 
-    def repair(self, model: Classifier, clean: ImageData, quiet: bool = False) -> Repair:
-        """Return a purified copy of ``model``; ``model`` itself is left untouched."""
+    def repair(
+        self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
+    ) -> Repair:
+        """Return a purified copy of ``model``; ``model`` itself is left untouched.
+
+        ``monitor``, when given, is called after each training epoch (for curves in reports).
+        """
         raise NotImplementedError
+
+
+def epoch_hook(
+    monitor: Monitor | None, phase: str, model: Classifier
+) -> Callable[[int, dict[str, float]], None] | None:
+    """Adapt a ``Monitor`` to ``training.train``'s per-epoch callback for one phase of a defense."""
+    if monitor is None:
+        return None
+    return lambda epoch, losses: monitor(phase, epoch, losses, model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from nad.data.dataset import ImageData
-from nad.defenses.base import Defense, Repair
+from nad.defenses.base import Defense, Monitor, Repair, epoch_hook
 from nad.defenses.registry import register_defense
 from nad.models.checkpoint import Classifier
 from nad.training import TrainConfig, train
@@ -21,8 +21,11 @@ class FineTune(Defense):
     name = "finetune"
     Config = TrainConfig
 
-    def repair(self, model: Classifier, clean: ImageData, quiet: bool = False) -> Repair:
+    def repair(
+        self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
+    ) -> Repair:
         start = time.perf_counter()
         student = model.clone()
-        history = train(student, clean, self.config, desc="finetune", quiet=quiet)
+        hook = epoch_hook(monitor, "finetune", student)
+        history = train(student, clean, self.config, desc="finetune", quiet=quiet, on_epoch=hook)
         return Repair(student, {"history": history.epochs, "seconds": {"finetune": time.perf_counter() - start}})

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from nad.attention import FeatureHooks, Reduce, attention_loss, auto_layers, check_layers
 from nad.data.dataset import ImageData
-from nad.defenses.base import Defense, Repair
+from nad.defenses.base import Defense, Monitor, Repair, epoch_hook
 from nad.defenses.registry import register_defense
 from nad.errors import NadError
 from nad.models.checkpoint import Classifier
@@ -119,8 +119,14 @@ class NAD(Defense):
     Config = NADConfig
 
     def repair(
-        self, model: Classifier, clean: ImageData, quiet: bool = False, teacher: Classifier | None = None
+        self,
+        model: Classifier,
+        clean: ImageData,
+        quiet: bool = False,
+        monitor: Monitor | None = None,
+        teacher: Classifier | None = None,
     ) -> Repair:
+        """Purify ``model``; a ready ``teacher`` may be given, else one is fine-tuned from ``model``."""
         cfg: NADConfig = self.config
         sample = model.preprocess(clean.x[:2])
         layers, betas = resolve_layers(model, sample, cfg)
@@ -129,13 +135,17 @@ class NAD(Defense):
         if teacher is None:
             teacher = model.clone()
             teacher_cfg = replace(cfg.train, epochs=cfg.teacher_epochs)
-            log["teacher_history"] = train(teacher, clean, teacher_cfg, desc="NAD teacher", quiet=quiet).epochs
+            hook = epoch_hook(monitor, "teacher", teacher)
+            log["teacher_history"] = train(
+                teacher, clean, teacher_cfg, desc="NAD teacher", quiet=quiet, on_epoch=hook
+            ).epochs
         log["seconds"]["teacher"] = time.perf_counter() - start
         freeze(teacher.module)
         start = time.perf_counter()
         student = model.clone()
         with AttentionDistillationLoss(student.module, teacher.module, layers, betas, cfg.p, cfg.reduce) as loss:
-            history = train(student, clean, cfg.train, loss, desc="NAD student", quiet=quiet)
+            hook = epoch_hook(monitor, "student", student)
+            history = train(student, clean, cfg.train, loss, desc="NAD student", quiet=quiet, on_epoch=hook)
         log["history"] = history.epochs
         log["seconds"]["student"] = time.perf_counter() - start
         return Repair(student, log)

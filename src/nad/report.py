@@ -1,0 +1,109 @@
+"""Self-contained HTML reports: tables, per-epoch curves and the attention figure, images inlined.
+
+The file needs nothing but a browser: no scripts, no external styles, no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from nad.io import write_text
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }
+img { max-width: 100%; }
+"""
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def curves_png(curves: dict[str, list[dict[str, float]]]) -> bytes | None:
+    """One row of panels (CE, attention loss, ACC, ASR), one line per defense phase."""
+    metrics = [m for m in ("ce", "at", "acc", "asr") if any(m in row for rows in curves.values() for row in rows)]
+    if not metrics:
+        return None
+    titles = {"ce": "cross-entropy", "at": "attention loss", "acc": "ACC % (subset)", "asr": "ASR % (subset)"}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3), squeeze=False)
+    colors = {phase: f"C{i}" for i, phase in enumerate(curves)}  # one colour per phase in every panel
+    for ax, metric in zip(axes[0], metrics):
+        for phase, rows in curves.items():
+            points = [(row["epoch"], row[metric]) for row in rows if metric in row]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=phase, color=colors[phase])
+        ax.set_title(titles[metric], fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def scores_table(rows: dict[str, dict[str, Any] | None]) -> str:
+    cells = []
+    for name, scores in rows.items():
+        if scores is None:
+            continue
+        asr = scores.get("asr")
+        ra = scores.get("ra")
+        cells.append(
+            f"<tr><td>{html.escape(name)}</td><td>{scores['acc']:.2f}</td>"
+            f"<td>{'-' if asr is None else f'{asr:.2f}'}</td><td>{'-' if ra is None else f'{ra:.2f}'}</td></tr>"
+        )
+    return "<table><tr><th></th><th>ACC %</th><th>ASR %</th><th>RA %</th></tr>" + "".join(cells) + "</table>"
+
+
+def erase_report(summary: dict[str, Any], curves: dict[str, list[dict[str, float]]], attention: Path | None) -> str:
+    cfg = summary.get("config", {})
+    parts = [
+        f"<h1>nad erase: {html.escape(str(cfg.get('defense', '')))} on {html.escape(str(cfg.get('model', '')))}</h1>",
+        f"<p>Clean set: {cfg.get('clean_size')} images ({html.escape(str(cfg.get('clean')))}, ratio "
+        f"{cfg.get('clean_ratio')}). Test data: {html.escape(str(cfg.get('test')))}. "
+        f"Attack: {html.escape(str(cfg.get('attack')))}. Time: {summary.get('seconds')} s.</p>",
+        "<h2>Before and after</h2>",
+        scores_table(
+            {"before": summary.get("before"), "after": summary.get("after"), "fine-tuning": summary.get("finetune")}
+        ),
+        "<p>Fine-tuning is plain fine-tuning at the same budget (all betas 0): the baseline NAD must beat.</p>",
+    ]
+    png = curves_png(curves)
+    if png:
+        parts += ["<h2>Per epoch</h2>", f'<img alt="curves" src="{png_data_uri(png)}">']
+    if attention is not None and attention.is_file():
+        parts += [
+            "<h2>Attention</h2>",
+            "<p>Columns: clean, then triggered images. Rows: each model's attention per distilled layer.</p>",
+            f'<img alt="attention maps" src="{png_data_uri(attention.read_bytes())}">',
+        ]
+    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(json.dumps(cfg, indent=2))}</pre>"]
+    return page("nad erase report", "\n".join(parts))
+
+
+def page(title: str, body: str) -> str:
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
+    )
+
+
+def write_erase_report(out: Path, summary: dict[str, Any], curves: dict[str, Any], attention: Path | None) -> Path:
+    target = out / "report.html"
+    write_text(target, erase_report(summary, curves, attention))
+    return target
