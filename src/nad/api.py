@@ -149,19 +149,57 @@ def erase(
     score = (lambda m: evaluate(m, test, attack)) if test is not None else (lambda m: None)
     before = score(model)
     recorder = CurveRecorder(fixed_subset(test, curve_subset) if test is not None and curve_subset else None, attack)
-    repair = defense.repair(model, clean, quiet=quiet, monitor=recorder)
+    finetune, teacher, baseline_seconds = None, None, None
+    if baseline and not isinstance(defense, FineTune):
+        budget = getattr(defense.config, "train", None)
+        ft_cfg = budget if isinstance(budget, TrainConfig) else TrainConfig()
+        ft_model, teacher, baseline_seconds = run_baseline(
+            model, clean, ft_cfg, shared_teacher_epochs(defense, ft_cfg), quiet, recorder
+        )
+        finetune = score(ft_model)
+    extra = {"teacher": teacher} if teacher is not None else {}
+    repair = defense.repair(model, clean, quiet=quiet, monitor=recorder, **extra)
     after = score(repair.model)
-    finetune = None
     if isinstance(defense, FineTune):
         finetune = after
-    elif baseline:
-        budget = getattr(defense.config, "train", None)
-        ft_defense = FineTune(budget if isinstance(budget, TrainConfig) else None)
-        ft = ft_defense.repair(model, clean, quiet=quiet, monitor=recorder)
-        finetune = score(ft.model)
-        repair.log.setdefault("seconds", {})["finetune_baseline"] = ft.log["seconds"]["finetune"]
+    if baseline_seconds is not None:
+        repair.log.setdefault("seconds", {})["finetune_baseline"] = baseline_seconds
+        repair.log["teacher_from_baseline"] = teacher is not None
     seconds = time.perf_counter() - start
     return EraseResult(repair.model, before, after, finetune, repair.log, len(clean), seconds, recorder.curves)
+
+
+def shared_teacher_epochs(defense: Any, ft_cfg: TrainConfig) -> int | None:
+    """When NAD's teacher is exactly the fine-tuning baseline after ``teacher_epochs`` epochs, that count.
+
+    The teacher is fine-tuned with the same optimiser, schedule, data order and seed as the baseline, so with
+    a step schedule (whose learning rate at an epoch does not depend on the run's length) its weights after
+    ``teacher_epochs`` epochs are those of the baseline run at that epoch. Taking a snapshot then saves
+    ``teacher_epochs`` epochs of training and changes no result.
+    """
+    from nad.defenses import NAD
+
+    if not isinstance(defense, NAD) or defense.config.train != ft_cfg or ft_cfg.optim.schedule != "step":
+        return None
+    teacher_epochs = defense.config.teacher_epochs
+    return teacher_epochs if 0 < teacher_epochs <= ft_cfg.epochs else None
+
+
+def run_baseline(
+    model: Classifier, clean: ImageData, cfg: TrainConfig, snapshot_epochs: int | None, quiet: bool, recorder: Any
+) -> tuple[Classifier, Classifier | None, float]:
+    """Plain fine-tuning at the defense's budget; optionally a copy of the model after ``snapshot_epochs``."""
+    from nad.defenses import FineTune
+
+    snapshot: list[Classifier] = []
+
+    def monitor(phase: str, epoch: int, losses: dict[str, float], current: Classifier) -> None:
+        recorder(phase, epoch, losses, current)
+        if snapshot_epochs is not None and epoch + 1 == snapshot_epochs:
+            snapshot.append(current.clone())
+
+    ft = FineTune(cfg).repair(model, clean, quiet=quiet, monitor=monitor)
+    return ft.model, (snapshot[0] if snapshot else None), ft.log["seconds"]["finetune"]
 
 
 def fixed_subset(data: ImageData, size: int, seed: int = 0) -> ImageData:
