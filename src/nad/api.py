@@ -44,8 +44,12 @@ def train_model(
     normalize: Normalization | None = None,
     arch_kwargs: dict[str, Any] | None = None,
     quiet: bool = False,
+    state_path: Path | None = None,
 ) -> TrainResult:
-    """Train ``arch`` from scratch on ``data``, poisoned by ``attack`` if given, and score it on ``test``."""
+    """Train ``arch`` from scratch on ``data``, poisoned by ``attack`` if given, and score it on ``test``.
+
+    With ``state_path`` the run saves its state after every epoch and resumes from it when it exists.
+    """
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     info = ModelInfo(
@@ -63,7 +67,7 @@ def train_model(
     if attack is not None:
         result = attack.poison(data)
         data, poisoned = result.data, result.indices
-    history = train(clf, data, cfg, desc=f"train {arch}", quiet=quiet)
+    history = train(clf, data, cfg, desc=f"train {arch}", quiet=quiet, state_path=state_path)
     scores = evaluate(clf, test, attack) if test is not None else None
     return TrainResult(clf, history, scores, poisoned, time.perf_counter() - start)
 

@@ -63,6 +63,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last epoch")
     out_args(p)
     common(p)
 

@@ -67,9 +67,15 @@ def run_train(args: argparse.Namespace) -> int:
         precision=args.precision,
         channels_last=args.channels_last,
     )
-    out = out_dir(args.out, args.overwrite)
-    result = train_model(data.to(device), args.arch, cfg, attack, test, normalize, args.arch_kwargs, quiet=args.quiet)
+    out = out_dir(args.out, args.overwrite or args.resume)
+    state = out / "train-state.pt"
+    if state.exists() and not args.resume:
+        state.unlink()  # --overwrite without --resume starts afresh
+    result = train_model(
+        data.to(device), args.arch, cfg, attack, test, normalize, args.arch_kwargs, args.quiet, state_path=state
+    )
     save_model(result.model, out)
+    state.unlink(missing_ok=True)  # finished: the model and results supersede the training state
     summary: dict[str, Any] = {
         "scores": result.scores.to_json() if result.scores else None,
         "seconds": round(result.seconds, 1),

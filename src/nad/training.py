@@ -12,6 +12,7 @@ import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 import torch
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from nad.data.augment import Augment, augment_batch
 from nad.data.dataset import ImageData
 from nad.errors import NadError
+from nad.io import atomic_path
 from nad.models.checkpoint import Classifier
 
 Precision = Literal["fp32", "bf16"]
@@ -106,8 +108,13 @@ def train(
     desc: str = "train",
     quiet: bool = False,
     on_epoch: EpochCallback | None = None,
+    state_path: Path | None = None,
 ) -> History:
-    """Train ``clf.module`` in place on ``data`` (which must be on the module's device)."""
+    """Train ``clf.module`` in place on ``data`` (which must be on the module's device).
+
+    With ``state_path``, the full training state (weights, optimiser, random generators, history) is saved
+    there atomically after every epoch, and a run that finds the file resumes after its last epoch.
+    """
     module = clf.module
     device = data.x.device
     params = [p for p in module.parameters() if p.requires_grad]
@@ -122,9 +129,12 @@ def train(
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     steps = math.ceil(len(data) / cfg.batch_size)
     history = History()
-    bar = tqdm(total=cfg.epochs * steps, desc=desc, disable=quiet, leave=False, dynamic_ncols=True)
+    first = load_state(state_path, module, opt, gen, aug_gen, history) if state_path else 0
+    bar = tqdm(
+        total=cfg.epochs * steps, initial=first * steps, desc=desc, disable=quiet, leave=False, dynamic_ncols=True
+    )
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    for epoch in range(cfg.epochs):
+    for epoch in range(first, cfg.epochs):
         module.train()
         last_good = copy.deepcopy(module.state_dict())
         sums: dict[str, Tensor] = {}
@@ -154,8 +164,54 @@ def train(
         bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
         if on_epoch is not None:
             on_epoch(epoch, means)
+        if state_path is not None:
+            save_state(state_path, epoch + 1, module, opt, gen, aug_gen, history)
     bar.close()
     return history
+
+
+def save_state(
+    path: Path,
+    epochs_done: int,
+    module: nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    aug_gen: torch.Generator,
+    history: History,
+) -> None:
+    state = {
+        "epochs_done": epochs_done,
+        "model": module.state_dict(),
+        "optimizer": opt.state_dict(),
+        "generator": gen.get_state(),
+        "augment_generator": aug_gen.get_state(),
+        "history": history.epochs,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(
+    path: Path,
+    module: nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    aug_gen: torch.Generator,
+    history: History,
+) -> int:
+    """Restore a saved training state (read with ``weights_only=True``); returns the epochs already done."""
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        aug_gen.set_state(state["augment_generator"])
+        history.epochs[:] = state["history"]
+        return int(state["epochs_done"])
+    except Exception as exc:  # a damaged or foreign state file: say so rather than train from a bad state
+        raise NadError(f"{path}: cannot resume from this training state ({exc}); delete it to start afresh") from None
 
 
 class NonFiniteLoss(NadError):

@@ -1,16 +1,28 @@
 """Backdoor defenses behind one interface: ``DEFENSES[name](config).repair(model, clean)``."""
 
-from nad.defenses import finetune, nad  # noqa: F401  (register the defenses)
+from nad.defenses import anp, fine_pruning, finetune, ibau, mcr, nad  # noqa: F401  (register the defenses)
+from nad.defenses.anp import ANP, ANPConfig
 from nad.defenses.base import Defense, Repair
+from nad.defenses.fine_pruning import FinePruning, FinePruningConfig
 from nad.defenses.finetune import FineTune
+from nad.defenses.ibau import IBAU, IBAUConfig
+from nad.defenses.mcr import MCR, MCRConfig
 from nad.defenses.nad import NAD, NADConfig
 from nad.defenses.registry import DEFENSES, defense_class, register_defense
 
 __all__ = [
+    "ANP",
     "DEFENSES",
+    "IBAU",
+    "MCR",
     "NAD",
+    "ANPConfig",
     "Defense",
+    "FinePruning",
+    "FinePruningConfig",
     "FineTune",
+    "IBAUConfig",
+    "MCRConfig",
     "NADConfig",
     "Repair",
     "defense_class",
