@@ -96,16 +96,22 @@ class Classifier:
 
     module: nn.Module
     info: ModelInfo
+    _affine: dict[torch.device, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
     def preprocess(self, x: Tensor) -> Tensor:
-        """uint8 (N, C, H, W) -> float in [0, 1], normalised as the model was trained."""
-        out = x.float().div_(255.0)
-        norm = self.info.normalize
-        if norm is not None:
-            mean = torch.tensor(norm.mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(norm.std, device=x.device).view(1, -1, 1, 1)
-            out = (out - mean) / std
-        return out
+        """uint8 (N, C, H, W) -> float, normalised as the model was trained, in one fused multiply-add."""
+        scale, shift = self._scale_shift(x.device)
+        return torch.addcmul(shift, x.float(), scale)
+
+    def _scale_shift(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``x / 255`` then ``(x - mean) / std`` folded into ``x * scale + shift``; cached per device."""
+        if device not in self._affine:
+            norm = self.info.normalize
+            mean = torch.tensor(norm.mean if norm else (0.0,), dtype=torch.float32)
+            std = torch.tensor(norm.std if norm else (1.0,), dtype=torch.float32)
+            scale, shift = 1.0 / (255.0 * std), -mean / std
+            self._affine[device] = (scale.view(1, -1, 1, 1).to(device), shift.view(1, -1, 1, 1).to(device))
+        return self._affine[device]
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.module(self.preprocess(x))
@@ -117,7 +123,7 @@ class Classifier:
     def clone(self) -> Classifier:
         import copy
 
-        return Classifier(copy.deepcopy(self.module), self.info)
+        return Classifier(copy.deepcopy(self.module), self.info, dict(self._affine))
 
 
 def build_classifier(info: ModelInfo) -> Classifier:
