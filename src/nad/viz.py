@@ -53,9 +53,9 @@ def attention_figure(
     n = len(images)
     rows = 1 + sum(len(layers) for _, _, layers in models)
     fig, axes = plt.subplots(rows, n, figsize=(1.3 * n + 1.6, 1.35 * rows + 0.4), squeeze=False)
-    show = images.permute(0, 2, 3, 1).float().div(255)
+    show = images.permute(0, 2, 3, 1).float().div(255).numpy()
     cmap_img = "gray" if show.shape[-1] == 1 else None
-    show = show.squeeze(-1) if show.shape[-1] == 1 else show
+    show = show[..., 0] if show.shape[-1] == 1 else show
     for j in range(n):
         axes[0, j].imshow(show[j], cmap=cmap_img, vmin=0, vmax=1)
         axes[0, j].set_title("clean" if j < len(clean) else "triggered", fontsize=8)
@@ -68,7 +68,7 @@ def attention_figure(
             for j in range(n):
                 ax = axes[row, j]
                 ax.imshow(show[j], cmap=cmap_img, vmin=0, vmax=1)
-                ax.imshow(amap[j].cpu(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                ax.imshow(amap[j].cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
                 label = int(preds[j])
                 ax.set_title(f"pred {class_names[label] if class_names else label}", fontsize=7)
             axes[row, 0].set_ylabel(f"{name}\n{layer}", fontsize=8, rotation=0, ha="right", va="center")

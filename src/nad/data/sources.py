@@ -41,6 +41,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             ("numpy.core.multiarray", "scalar"),
             ("numpy._core.multiarray", "scalar"),
             ("_codecs", "encode"),
+            ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5
+            ("numpy._core.numeric", "_frombuffer"),
         }
     )
 
@@ -162,7 +164,7 @@ def load_folder(path: str | Path) -> ImageData:
 def load_digits(split: str = "train") -> ImageData:
     """scikit-learn's 1,797 bundled 8x8 digits, scaled to 0..255 and upscaled (nearest) to 16x16.
 
-    A fixed stratified 80/20 split (seed 0) gives 1,437 training and 360 test images.
+    A fixed stratified 80/20 split (seed 0) gives 1,438 training and 359 test images.
     """
     from sklearn.datasets import load_digits as sk_digits
 

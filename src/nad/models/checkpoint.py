@@ -225,7 +225,8 @@ def _load_weights(module: nn.Module, state: dict[str, Tensor], path: Path, info:
     wrong = [k for k in expected if expected[k].shape != state[k].shape]
     if wrong:
         k = wrong[0]
-        hint = " (is --num-classes right?)" if expected[k].ndim in (1, 2) and k == wrong[-1] else " (is --arch right?)"
+        head_only = all(expected[w].shape[0] == info.num_classes != state[w].shape[0] for w in wrong)
+        hint = " (is --num-classes right?)" if head_only else " (is --arch right?)"
         raise NadError(
             f"{path}: {len(wrong)} tensors have the wrong shape for --arch {info.arch} with {info.num_classes} "
             f"classes, e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}{hint}"
