@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -73,7 +74,9 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model file: nad .safetensors (with .json sidecar), or .pt/.pth/.tar")
     p.add_argument("--clean", required=True, help="clean data to draw the defense's set D from")
     p.add_argument("--clean-ratio", type=float, default=0.05, help="share of --clean used as D (default 0.05)")
-    p.add_argument("--defense", default="nad", help="defense name (default nad)")
+    p.add_argument(
+        "--defense", default="nad", help="defense name, optionally NAME:key=value,... (default nad; see nad defenses)"
+    )
     p.add_argument("--layers", help="comma-separated qualified module names to distil")
     p.add_argument("--betas", help="comma-separated betas, one per layer")
     p.add_argument("--epochs", type=int, help="NAD/fine-tuning epochs (default 20)")
@@ -88,6 +91,11 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     model_args(p)
     out_args(p)
     common(p)
+
+
+@command("defenses", "list the defenses nad erase --defense accepts, with their parameters and defaults")
+def _defenses_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 @command("eval", "measure clean accuracy and attack success rate")
@@ -145,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nad: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (keeps Python from complaining at exit)
+        return 0
 
 
 def out_dir(path: str, overwrite: bool) -> Path:

@@ -141,23 +141,116 @@ def parse_list(text: str | None, kind: type, what: str) -> tuple:
 
 
 def defense_from_args(args: argparse.Namespace):  # -> Defense
-    from nad.defenses import NADConfig, defense_class
+    """``--defense NAME[:key=value,...]``: the defense's ``Config`` defaults, then the generic flags.
+
+    ``--seed``, ``--precision`` and ``--epochs`` go to the config's ``train`` schedule (or the config itself when
+    it is a ``TrainConfig``), ``--seed`` also to a top-level ``seed``; ``--teacher-epochs``, ``--layers``,
+    ``--betas`` and ``--p`` to the fields of those names. ``key=value`` pairs set any field, nested ones with
+    dots (``anp:iterations=500``, ``mcr:t=0.4,curve.epochs=50``). A flag the defense has no field for is refused.
+    """
+    import dataclasses
+
+    from nad.defenses import defense_class
+    from nad.spec import split_spec
     from nad.training import TrainConfig
 
-    cls = defense_class(args.defense)
-    base = TrainConfig(seed=args.seed, precision=args.precision)
-    if args.epochs is not None:
-        base = replace(base, epochs=args.epochs)
-    if cls.Config is NADConfig:
-        cfg = NADConfig(
-            train=base,
-            teacher_epochs=10 if args.teacher_epochs is None else args.teacher_epochs,
-            layers=parse_list(args.layers, str, "--layers"),
-            betas=parse_list(args.betas, float, "--betas"),
-            p=2.0 if args.p is None else args.p,
-        )
-        return cls(cfg)
-    return cls(base)
+    name, params = split_spec(args.defense)
+    cls = defense_class(name)
+    cfg = cls.Config()
+
+    def schedule(train: TrainConfig) -> TrainConfig:
+        train = replace(train, seed=args.seed, precision=args.precision)
+        return train if args.epochs is None else replace(train, epochs=args.epochs)
+
+    if isinstance(cfg, TrainConfig):
+        cfg = schedule(cfg)
+    else:
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        updates: dict[str, Any] = {}
+        if isinstance(getattr(cfg, "train", None), TrainConfig):
+            updates["train"] = schedule(cfg.train)
+        elif args.epochs is not None:
+            raise NadError(f"--epochs does not apply to {name}, which has no training schedule (see nad defenses)")
+        if "seed" in fields:
+            updates["seed"] = args.seed
+        flags = {
+            "teacher_epochs": args.teacher_epochs,
+            "layers": parse_list(args.layers, str, "--layers") or None,
+            "betas": parse_list(args.betas, float, "--betas") or None,
+            "p": args.p,
+        }
+        for key, value in flags.items():
+            if value is not None:
+                if key not in fields:
+                    raise NadError(f"--{key.replace('_', '-')} does not apply to {name} (see nad defenses)")
+                updates[key] = value
+        cfg = replace(cfg, **updates)
+    return cls(override(cfg, params, name))
+
+
+def override(cfg: Any, params: dict[str, str], what: str) -> Any:
+    """``cfg`` with the fields named in ``params`` (``key`` or ``nested.key``) set from their string values."""
+    import dataclasses
+
+    from nad.spec import build, closest
+
+    flat = {k: v for k, v in params.items() if "." not in k}
+    nested: dict[str, dict[str, str]] = {}
+    for key, value in params.items():
+        if "." in key:
+            head, _, rest = key.partition(".")
+            nested.setdefault(head, {})[rest] = value
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    updates: dict[str, Any] = {}
+    for key in flat:
+        if key in fields and dataclasses.is_dataclass(getattr(cfg, key)):
+            raise NadError(f"{what}: {key} is a group of parameters; set them as {key}.NAME=VALUE")
+    if flat:
+        built = build(type(cfg), flat, what)
+        updates.update({k: getattr(built, k) for k in flat})
+    for head, sub in nested.items():
+        inner = getattr(cfg, head, None) if head in fields else None
+        if not dataclasses.is_dataclass(inner):
+            raise NadError(f"{what}: no parameter group {head!r}{closest(head, fields)}")
+        updates[head] = override(inner, sub, f"{what} {head}")
+    try:
+        return replace(cfg, **updates)
+    except (TypeError, ValueError) as exc:
+        raise NadError(f"{what}: {exc}") from None
+
+
+def config_rows(cfg: Any, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """``(name, type, default)`` for every field of a config instance, nested dataclasses flattened."""
+    import dataclasses
+
+    from nad.spec import describe
+
+    rows = []
+    for name, type_name, _ in describe(type(cfg)):
+        value = getattr(cfg, name)
+        if dataclasses.is_dataclass(value):
+            rows += config_rows(value, f"{prefix}{name}.")
+        else:
+            rows.append((prefix + name, type_name, value))
+    return rows
+
+
+def run_defenses(args: argparse.Namespace) -> int:
+    import sys
+
+    from nad.defenses import DEFENSES
+
+    for name in sorted(DEFENSES):
+        cls = DEFENSES[name]
+        doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().split("\n\n")[0]
+        print(f"{name}: {' '.join(doc.split())}")
+        rows = config_rows(cls.Config())
+        width = max((len(key) for key, _, _ in rows), default=0)
+        for key, type_name, default in rows:
+            print(f"    {key:{width}s}  {type_name:8s} {default!r}")
+        print()
+    print("set any of them with --defense NAME:key=value,group.key=value (e.g. anp:iterations=500)")
+    return 0
 
 
 def erase_summary(result, args: argparse.Namespace, defense, attack, test: str | None, device) -> dict[str, Any]:
@@ -207,8 +300,8 @@ def run_erase(args: argparse.Namespace) -> int:
     print_scores(
         {
             "before": result.before,
-            args.defense: result.after,
-            "finetune": result.finetune if args.defense != "finetune" else None,
+            defense.name: result.after,
+            "finetune": result.finetune if defense.name != "finetune" else None,
         }
     )
     print(f"wrote {out}/model.safetensors in {result.seconds:.0f} s")

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from nad.data.augment import Augment, augment_batch
 from nad.data.dataset import ImageData
-from nad.defenses.base import Defense, Repair
+from nad.defenses.base import Defense, Monitor, Repair
 from nad.defenses.registry import register_defense
 from nad.errors import NadError
 from nad.models.checkpoint import Classifier
@@ -123,8 +123,13 @@ class ANP(Defense):
     name = "anp"
     Config = ANPConfig
 
-    def masks(self, model: Classifier, clean: ImageData, quiet: bool = False) -> tuple[list[str], Tensor, list]:
-        """Optimise the masks on a scratch copy of ``model``; returns BN names, per-BN mask tensors, losses."""
+    def masks(
+        self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
+    ) -> tuple[list[str], list[Tensor], list[Tensor]]:
+        """Optimise the masks on a scratch copy of ``model``; returns BN names, their masks, per-step losses.
+
+        ``monitor`` (phase ``masks``) sees the masked, unperturbed model 20 times over the run.
+        """
         cfg: ANPConfig = self.config
         scratch = model.clone()
         module = scratch.module
@@ -139,7 +144,8 @@ class ANP(Defense):
             opt = torch.optim.SGD(pert.masks, lr=cfg.mask_lr, momentum=cfg.momentum)
             noises = pert.noise_w + pert.noise_b
             step_size = cfg.eps / cfg.steps
-            for _ in tqdm(range(cfg.iterations), desc="ANP masks", disable=quiet, leave=False, dynamic_ncols=True):
+            report_every = max(1, cfg.iterations // 20)
+            for it in tqdm(range(cfg.iterations), desc="ANP masks", disable=quiet, leave=False, dynamic_ncols=True):
                 idx = torch.randint(len(clean), (cfg.batch_size,), generator=gen).to(device)
                 inputs = scratch.preprocess(augment_batch(clean.x[idx], cfg.augment, aug_gen))
                 targets = clean.y[idx]
@@ -165,14 +171,20 @@ class ANP(Defense):
                     for m in pert.masks:
                         m.clamp_(0.0, 1.0)
                 losses.append(torch.stack([loss_nat.detach(), loss_rob.detach()]))
+                if monitor is not None and (it + 1) % report_every == 0:
+                    recent = torch.stack(losses[-report_every:]).mean(0).tolist()
+                    monitor("masks", it // report_every, {"nat": recent[0], "rob": recent[1]}, scratch)
+                    module.train()
             names = [name for name, _ in pert.norms]
             values = [m.detach().clone() for m in pert.masks]
-        return names, values, losses  # type: ignore[return-value]
+        return names, values, losses
 
-    def repair(self, model: Classifier, clean: ImageData, quiet: bool = False) -> Repair:
+    def repair(
+        self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
+    ) -> Repair:
         cfg: ANPConfig = self.config
         start = time.perf_counter()
-        names, values, losses = self.masks(model, clean, quiet)
+        names, values, losses = self.masks(model, clean, quiet, monitor)
         mask_seconds = time.perf_counter() - start
         pruned_model = model.clone()
         modules = dict(pruned_model.module.named_modules())

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from nad.attention import find_module
 from nad.data.dataset import ImageData, stratified_split
-from nad.defenses.base import Defense, Repair
+from nad.defenses.base import Defense, Monitor, Repair, epoch_hook
 from nad.defenses.registry import register_defense
 from nad.errors import NadError
 from nad.models.checkpoint import Classifier
@@ -173,7 +173,9 @@ class FinePruning(Defense):
     name = "fine_pruning"
     Config = FinePruningConfig
 
-    def repair(self, model: Classifier, clean: ImageData, quiet: bool = False) -> Repair:
+    def repair(
+        self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
+    ) -> Repair:
         cfg: FinePruningConfig = self.config
         start = time.perf_counter()
         student = model.clone()
@@ -224,7 +226,8 @@ class FinePruning(Defense):
         start = time.perf_counter()
         handles = pruning.hold()
         try:
-            history = train(student, clean, cfg.train, desc="fine-pruning", quiet=quiet)
+            hook = epoch_hook(monitor, "pruned", student)
+            history = train(student, clean, cfg.train, desc="fine-pruning", quiet=quiet, on_epoch=hook)
         finally:
             for h in handles:
                 h.remove()

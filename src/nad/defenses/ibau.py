@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from nad.data.dataset import ImageData
-from nad.defenses.base import Defense, Repair
+from nad.defenses.base import Defense, Monitor, Repair
 from nad.defenses.registry import register_defense
 from nad.errors import NadError
 from nad.models.checkpoint import Classifier
@@ -114,7 +114,10 @@ class IBAU(Defense):
     name = "ibau"
     Config = IBAUConfig
 
-    def repair(self, model: Classifier, clean: ImageData, quiet: bool = False) -> Repair:
+    def repair(
+        self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
+    ) -> Repair:
+        """``monitor`` (phase ``unlearn``) is called after every round."""
         cfg: IBAUConfig = self.config
         start = time.perf_counter()
         student = model.clone()
@@ -163,6 +166,9 @@ class IBAU(Defense):
                 outer_sum = outer_sum + outer.detach() * len(idx)
                 bar.update()
             rounds.append({"outer_loss": outer_sum / len(clean), "delta_norm": norm})
+            if monitor is not None:
+                monitor("unlearn", len(rounds) - 1, {k: float(v) for k, v in rounds[-1].items()}, student)
+                module.eval()
         bar.close()
         history = [{k: float(v) for k, v in r.items()} for r in rounds]
         log: dict[str, Any] = {"history": history, "seconds": {"unlearn": time.perf_counter() - start}}

@@ -3,16 +3,17 @@ Landscapes and Adversarial Robustness").
 
 A quadratic Bezier curve joins two end models in weight space,
 ``w(t) = (1 - t)^2 w0 + 2 t (1 - t) theta + t^2 w1``. As in the NAD paper's MCR baseline, the ends are the
-suspicious model (t = 0) and a copy of it fine-tuned on the clean set D (t = 1, ``finetune``: the project's
-fine-tuning schedule). Only the middle control point ``theta`` is trained, initialised at the midpoint of the
-ends (the reference's linear initialisation); each step draws ``t ~ U(0, 1)`` and minimises the cross-entropy
-of ``w(t)`` on D plus the reference's L2 penalty ``0.5 * l2 * ||w(t)||^2``. The curve is evaluated with
-``torch.func.functional_call`` over the parameter dict of the unmodified architecture. The returned model is
-the plain architecture with the weights ``w(t)`` at ``t`` = 0.3 (the NAD paper's choice) and its BatchNorm
-running statistics re-estimated at that point on D (reset, cumulative average, train-mode forward passes
-without gradients), as the reference does before evaluating any point of the curve.
+suspicious model (t = 0) and a copy of it fine-tuned on the clean set D (t = 1, with ``train``: the project's
+fine-tuning schedule, so ``nad erase``'s fine-tuning baseline is this very end model). Only the middle control
+point ``theta`` is trained, initialised at the midpoint of the ends (the reference's linear initialisation);
+each step draws ``t ~ U(0, 1)`` and minimises the cross-entropy of ``w(t)`` on D plus the reference's L2
+penalty ``0.5 * l2 * ||w(t)||^2``. The curve is evaluated with ``torch.func.functional_call`` over the
+parameter dict of the unmodified architecture. The returned model is the plain architecture with the weights
+``w(t)`` at ``t`` = 0.3 (the NAD paper's choice) and its BatchNorm running statistics re-estimated at that point
+on D (reset, cumulative average, train-mode forward passes without gradients), as the reference does before
+evaluating any point of the curve.
 
-Curve-training defaults follow the reference code (IBM/model-sanitization, built on Garipov et al.'s
+Curve-training defaults (``curve``) follow the reference code (IBM/model-sanitization, built on Garipov et al.'s
 dnn-mode-connectivity): 100 epochs, batch 128, SGD with momentum 0.9 (no Nesterov), lr 0.01, L2 penalty 1e-4
 on ``w(t)`` (so no optimizer weight decay), random crop (padding 4) and horizontal flip. One deviation: the
 reference holds the lr for half of the run and then decays it linearly to 1 % of its value at 90 %; the
@@ -32,7 +33,7 @@ from torch.nn import functional as F
 
 from nad.data.augment import Augment
 from nad.data.dataset import ImageData
-from nad.defenses.base import Defense, Repair
+from nad.defenses.base import Defense, Monitor, Repair
 from nad.defenses.finetune import FineTune
 from nad.defenses.registry import register_defense
 from nad.errors import NadError
@@ -50,10 +51,10 @@ CURVE_TRAIN = TrainConfig(
 
 @dataclass(frozen=True)
 class MCRConfig:
-    """MCR's parameters: ``train`` trains the curve, ``finetune`` makes the t = 1 end, ``t`` picks the point."""
+    """MCR's parameters: ``train`` makes the t = 1 end, ``curve`` trains the curve, ``t`` picks the point."""
 
-    train: TrainConfig = field(default_factory=lambda: CURVE_TRAIN)
-    finetune: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    curve: TrainConfig = field(default_factory=lambda: CURVE_TRAIN)
     t: float = 0.3
     l2: float = 1e-4
 
@@ -170,17 +171,25 @@ class MCR(Defense):
     Config = MCRConfig
 
     def fit(
-        self, model: Classifier, clean: ImageData, quiet: bool = False, end: Classifier | None = None
+        self,
+        model: Classifier,
+        clean: ImageData,
+        quiet: bool = False,
+        end: Classifier | None = None,
+        monitor: Monitor | None = None,
     ) -> tuple[Classifier, dict[str, Any]]:
         """Train the curve from ``model`` (t = 0) to ``end`` (t = 1; default: ``model`` fine-tuned on ``clean``).
 
-        Returns a classifier wrapping the ``BezierCurve`` and a log.
+        Returns a classifier wrapping the ``BezierCurve`` and a log. ``monitor`` sees the fine-tuning epochs
+        (phase ``end``) and, for the curve (phase ``curve``), the curve at ``t`` (BatchNorm statistics as
+        training left them, not re-estimated).
         """
         cfg: MCRConfig = self.config
         log: dict[str, Any] = {"seconds": {}}
         start = time.perf_counter()
         if end is None:
-            ft = FineTune(cfg.finetune).repair(model, clean, quiet=quiet)
+            rename = (lambda _p, e, losses, m: monitor("end", e, losses, m)) if monitor is not None else None
+            ft = FineTune(cfg.train).repair(model, clean, quiet=quiet, monitor=rename)
             end = ft.model
             log["finetune_history"] = ft.log["history"]
         log["seconds"]["finetune"] = time.perf_counter() - start
@@ -188,8 +197,18 @@ class MCR(Defense):
         base = model.clone().module
         w0 = dict(model.module.named_parameters())
         w1 = dict(end.module.named_parameters())
-        curve = Classifier(BezierCurve(base, w0, w1, seed=cfg.train.seed), model.info)
-        history = train(curve, clean, cfg.train, CurveLoss(cfg.l2), desc="MCR curve", quiet=quiet)
+        curve = Classifier(BezierCurve(base, w0, w1, seed=cfg.curve.seed), model.info)
+        bezier: BezierCurve = curve.module  # type: ignore[assignment]
+
+        def at_t(epoch: int, losses: dict[str, float]) -> None:
+            bezier.fixed_t = cfg.t
+            try:
+                monitor("curve", epoch, losses, curve)  # type: ignore[misc]
+            finally:
+                bezier.fixed_t = None
+
+        hook = at_t if monitor is not None else None
+        history = train(curve, clean, cfg.curve, CurveLoss(cfg.l2), desc="MCR curve", quiet=quiet, on_epoch=hook)
         log["curve_history"] = history.epochs
         log["seconds"]["curve"] = time.perf_counter() - start
         return curve, log
@@ -198,11 +217,18 @@ class MCR(Defense):
         """The plain model at ``t`` on a trained curve, with BatchNorm statistics re-estimated on ``clean``."""
         bezier: BezierCurve = curve.module  # type: ignore[assignment]
         point = Classifier(bezier.point(t), curve.info)
-        reestimate_bn(point, clean, self.config.train.batch_size)
+        reestimate_bn(point, clean, self.config.curve.batch_size)
         return point
 
-    def repair(self, model: Classifier, clean: ImageData, quiet: bool = False, end: Classifier | None = None) -> Repair:
-        curve, log = self.fit(model, clean, quiet=quiet, end=end)
+    def repair(
+        self,
+        model: Classifier,
+        clean: ImageData,
+        quiet: bool = False,
+        monitor: Monitor | None = None,
+        end: Classifier | None = None,
+    ) -> Repair:
+        curve, log = self.fit(model, clean, quiet=quiet, end=end, monitor=monitor)
         start = time.perf_counter()
         point = self.at(curve, self.config.t, clean)
         log["t"] = self.config.t
