@@ -297,13 +297,10 @@ def run_erase(args: argparse.Namespace) -> int:
     save_erase_outputs(out, clf, result, summary, test, attack)
     if test is None:
         print("no test data (give --test): scores were not measured")
-    print_scores(
-        {
-            "before": result.before,
-            defense.name: result.after,
-            "finetune": result.finetune if defense.name != "finetune" else None,
-        }
-    )
+    rows = {"before": result.before, defense.name: result.after}
+    if defense.name != "finetune":
+        rows["finetune"] = result.finetune
+    print_scores(rows)
     print(f"wrote {out}/model.safetensors in {result.seconds:.0f} s")
     return 0
 
