@@ -150,6 +150,7 @@ def erase(
 
     start = time.perf_counter()
     defense = defense if defense is not None else NAD()
+    defense.check(model, clean)
     score = (lambda m: evaluate(m, test, attack)) if test is not None else (lambda m: None)
     before = score(model)
     recorder = CurveRecorder(fixed_subset(test, curve_subset) if test is not None and curve_subset else None, attack)

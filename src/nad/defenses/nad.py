@@ -118,6 +118,9 @@ class NAD(Defense):
     name = "nad"
     Config = NADConfig
 
+    def check(self, model: Classifier, clean: ImageData) -> None:
+        resolve_layers(model, model.preprocess(clean.x[:2]), self.config)
+
     def repair(
         self,
         model: Classifier,

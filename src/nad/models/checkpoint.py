@@ -10,6 +10,7 @@ foreign PyTorch files (``.pt``/``.pth``/``.tar``): a bare state_dict or one stor
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -151,9 +152,20 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refusals and corrupt archives raise many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NadError(f"{path}: refused to load (only plain tensors are read; {first})") from None
+        raise NadError(f"{path}: refused to load: {_load_failure(exc)}") from None
     return _find_state_dict(obj, path)
+
+
+def _load_failure(exc: Exception) -> str:
+    """A one-line reason for a refused ``torch.load``, naming the object a hostile pickle asked for."""
+    text = str(exc)
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text)
+    if found:
+        return f"it asks for {found.group(1)}, not a tensor (nad reads weights only and never runs code from a file)"
+    if re.search(r"Unsupported operand|invalid load key|could not find|not a zip file|EOF", text, re.IGNORECASE):
+        return "not a PyTorch weights file (corrupt, truncated, or another format)"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"not a readable PyTorch weights file ({first[:200]})"
 
 
 def _find_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
