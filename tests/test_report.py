@@ -1,0 +1,103 @@
+"""Attention pictures and reports: files that decode, and attention that measurably sits on the trigger."""
+
+from __future__ import annotations
+
+import html.parser
+import re
+
+import torch
+from PIL import Image
+
+from nad.attacks import parse_attack
+from nad.attention import region_share
+from nad.cli import main
+from nad.data import load_data
+
+
+def trigger_mask(height: int, width: int) -> torch.Tensor:
+    mask = torch.zeros(height, width)
+    mask[height - 3 :, width - 3 :] = 1  # the default BadNets grid: the bottom-right 3x3 corner
+    return mask
+
+
+def test_backdoored_attention_sits_on_the_trigger_and_nad_moves_it(demo_run):
+    _, trained, erased = demo_run
+    test = load_data("digits:test")
+    triggered = parse_attack("badnets").test_set(test)
+    mask = trigger_mask(16, 16)
+    area = float(mask.mean())
+    backdoored = trained.model
+    before = region_share(backdoored.module, backdoored.preprocess(triggered.x), "block1", mask).mean()
+    clean = region_share(backdoored.module, backdoored.preprocess(test.x), "block1", mask).mean()
+    after = region_share(erased.model.module, erased.model.preprocess(triggered.x), "block1", mask).mean()
+    # The trigger covers 3.5% of the image; the backdoored model puts far more of its attention there.
+    assert before > 5 * area
+    assert clean < 2 * area
+    assert after < before / 3
+
+
+def test_region_share_of_a_uniform_map_is_the_area_share():
+    class Flat(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    x = torch.ones(2, 3, 8, 8)
+    mask = torch.zeros(8, 8)
+    mask[:2, :4] = 1
+    share = region_share(Flat(), x, "body", mask)
+    assert torch.allclose(share, torch.full((2,), 8 / 64))
+
+
+class _Checker(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs).get("src") or "")
+
+
+def test_demo_writes_a_self_contained_report_and_figure(demo_run):
+    out, _, _ = demo_run
+    page = (out / "report.html").read_text()
+    checker = _Checker()
+    checker.feed(page)
+    assert len(checker.images) == 2 and all(src.startswith("data:image/png;base64,") for src in checker.images)
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing fetched from elsewhere
+    for needle in ("before", "after", "fine-tuning", "Configuration"):
+        assert needle in page
+    with Image.open(out / "attention.png") as img:
+        img.verify()
+    with Image.open(out / "attention.png") as img:
+        # 8 image columns, 1 input row + 3 layers x 2 models
+        assert img.format == "PNG" and img.width > 800 and img.height > 7 * 100
+
+
+def test_attention_command_draws_one_png_per_call(demo_run, tmp_path):
+    out, _, _ = demo_run
+    target = tmp_path / "att.png"
+    code = main(
+        [
+            "attention",
+            str(out / "backdoored.safetensors"),
+            "--compare",
+            str(out),
+            "--data",
+            "digits",
+            "--n",
+            "2",
+            "--out",
+            str(target),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    with Image.open(target) as img:
+        assert img.format == "PNG"
+        # 4 columns (2 clean, 2 triggered) and 7 rows at 100 dpi
+        assert img.size[0] < img.size[1] * 2 and img.size[1] >= 7 * 100
