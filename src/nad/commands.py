@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from nad.api import SCRATCH, train_model
@@ -17,6 +20,7 @@ from nad.errors import NadError
 from nad.io import write_json
 from nad.metrics import Scores, evaluate
 from nad.models import Classifier, load_model, parse_normalize, save_model
+from nad.training import NonFiniteLoss
 
 DEFAULT_NORMALIZE = {"cifar10": "cifar10", "digits": "digits"}
 
@@ -71,9 +75,10 @@ def run_train(args: argparse.Namespace) -> int:
     state = out / "train-state.pt"
     if state.exists() and not args.resume:
         state.unlink()  # --overwrite without --resume starts afresh
-    result = train_model(
-        data.to(device), args.arch, cfg, attack, test, normalize, args.arch_kwargs, args.quiet, state_path=state
-    )
+    with keep_last_good_model(out):
+        result = train_model(
+            data.to(device), args.arch, cfg, attack, test, normalize, args.arch_kwargs, args.quiet, state_path=state
+        )
     save_model(result.model, out)
     state.unlink(missing_ok=True)  # finished: the model and results supersede the training state
     summary: dict[str, Any] = {
@@ -91,6 +96,16 @@ def run_train(args: argparse.Namespace) -> int:
     print_scores({"model": result.scores})
     print(f"wrote {out}/model.safetensors in {result.seconds:.0f} s")
     return 0
+
+
+@contextlib.contextmanager
+def keep_last_good_model(out: Path) -> Iterator[None]:
+    """If training blows up, save the rolled-back model and say where, instead of losing the run."""
+    try:
+        yield
+    except NonFiniteLoss as exc:
+        path = save_model(exc.model, out, stem="last-good")
+        raise NadError(f"{exc}; saved it as {path}") from None
 
 
 def load_classifier(args: argparse.Namespace) -> Classifier:
@@ -290,9 +305,10 @@ def run_erase(args: argparse.Namespace) -> int:
     defense = defense_from_args(args)
     out = out_dir(args.out, args.overwrite)
     clean = select_clean(pool.to(device), args.clean_ratio, args.seed)
-    result = erase(
-        clf, clean, defense, test, attack, baseline=not args.no_baseline, quiet=args.quiet, curve_subset=args.curves
-    )
+    with keep_last_good_model(out):
+        result = erase(
+            clf, clean, defense, test, attack, baseline=not args.no_baseline, quiet=args.quiet, curve_subset=args.curves
+        )
     summary = erase_summary(result, args, defense, attack, spec, device)
     save_erase_outputs(out, clf, result, summary, test, attack)
     if test is None:

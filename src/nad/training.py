@@ -159,7 +159,7 @@ def train(
         if not all(math.isfinite(v) for v in means.values()):
             module.load_state_dict(last_good)
             bar.close()
-            raise NonFiniteLoss(desc, epoch, means)
+            raise NonFiniteLoss(desc, epoch, means, clf)
         history.epochs.append(means)
         bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
         if on_epoch is not None:
@@ -217,13 +217,14 @@ def load_state(
 class NonFiniteLoss(NadError):
     """The loss became NaN or inf; the model was rolled back to the end of the last good epoch."""
 
-    def __init__(self, desc: str, epoch: int, means: dict[str, float]) -> None:
+    def __init__(self, desc: str, epoch: int, means: dict[str, float], model: Classifier) -> None:
         terms = ", ".join(f"{k}={v}" for k, v in means.items())
         super().__init__(
             f"{desc}: the loss became non-finite in epoch {epoch + 1} ({terms}); stopped and kept the model "
             f"from the end of epoch {epoch} (try a lower learning rate or smaller betas)"
         )
         self.epoch = epoch
+        self.model = model  # rolled back to the last good epoch
 
 
 def freeze(module: nn.Module) -> nn.Module:
