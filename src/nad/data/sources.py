@@ -59,11 +59,14 @@ def _read_cifar_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
         raise NadError(f"{where}: not a readable CIFAR batch ({exc})") from None
     if not isinstance(batch, dict):
         raise NadError(f"{where}: not a CIFAR batch (expected a dict)")
-    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    batch = {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise NadError(f"{where}: 'data' must be a uint8 array of shape (N, 3072)")
-    labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
+    try:
+        labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
+    except (ValueError, TypeError, OverflowError):
+        raise NadError(f"{where}: 'labels' must hold {len(data)} integers in 0..9") from None
     if labels.shape != (len(data),) or (len(labels) and (labels.min() < 0 or labels.max() > 9)):
         raise NadError(f"{where}: 'labels' must hold {len(data)} integers in 0..9")
     return data.reshape(-1, 3, 32, 32), labels
@@ -129,7 +132,9 @@ def load_npz(path: str | Path) -> ImageData:
     if len(y) and y.min() < 0:
         raise NadError(f"{path}: labels must be non-negative")
     x = x[..., None] if x.ndim == 3 else x
-    k = int(arrays["num_classes"]) if "num_classes" in arrays else int(y.max()) + 1 if len(y) else 0
+    if "num_classes" in arrays and arrays["num_classes"].shape not in ((), (1,)):
+        raise NadError(f"{path}: 'num_classes' must be a single integer")
+    k = int(arrays["num_classes"].reshape(())) if "num_classes" in arrays else int(y.max()) + 1 if len(y) else 0
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     return ImageData(images, torch.from_numpy(y.astype(np.int64)), k, path.stem)
 
@@ -204,7 +209,11 @@ def parse_data_spec(spec: str, default_split: str = "train") -> tuple[str, str, 
 
 
 def _guess_kind(path: Path) -> str:
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise NadError(f"{str(path)[:80]}...: not a usable path ({exc.strerror})") from None
+    if not exists:
         raise NadError(f"{path}: no such file or directory (data specs: {', '.join(k + ':PATH' for k in DATA_KINDS)})")
     if path.suffix == ".npz":
         return "npz"
