@@ -109,16 +109,22 @@ def _probe_all(model: nn.Module) -> Iterator[list[tuple[str, nn.Module, tuple[in
             h.remove()
 
 
-def layer_shapes(model: nn.Module, sample: Tensor, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """The output shapes of the named layers for ``sample`` (one eval-mode forward, no gradients)."""
+@torch.no_grad()
+def capture(model: nn.Module, inputs: Tensor, names: Sequence[str]) -> list[Tensor]:
+    """The named layers' outputs for one eval-mode, no-grad forward pass; the model's mode is restored."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FeatureHooks(model, names) as hooks:
-            model(sample)
-            return {n: tuple(t.shape) for n, t in zip(names, hooks.take())}
+        with FeatureHooks(model, names) as hooks:
+            model(inputs)
+            return hooks.take()
     finally:
         model.train(was_training)
+
+
+def layer_shapes(model: nn.Module, sample: Tensor, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """The output shapes of the named layers for ``sample``."""
+    return {n: tuple(t.shape) for n, t in zip(names, capture(model, sample, names))}
 
 
 def check_layers(model: nn.Module, sample: Tensor, names: Sequence[str]) -> None:
@@ -176,14 +182,7 @@ def region_share(model: nn.Module, inputs: Tensor, layer: str, mask: Tensor, p: 
     spread (nearest) onto the input grid and summed over the mask. A model that looks at the region as
     much as anywhere else gives the mask's area share; a backdoored model looks far more at its trigger.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with FeatureHooks(model, [layer]) as hooks:
-            model(inputs)
-            (features,) = hooks.take()
-    finally:
-        model.train(was_training)
+    (features,) = capture(model, inputs, [layer])
     h, w = features.shape[2:]
     weights = attention_map(features, p).pow(2).view(len(inputs), 1, h, w)
     spread = F.interpolate(weights, size=tuple(mask.shape), mode="nearest") * (h * w / mask.numel())
