@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from nad.cli import main
 from nad.models import load_model
 
@@ -16,3 +18,30 @@ def test_non_finite_loss_keeps_the_last_good_model(tmp_path, capsys):
     kept = load_model(out / "last-good.safetensors")
     assert all(p.isfinite().all() for p in kept.module.parameters())
     assert not (out / "model.safetensors").exists()  # no half-trained model passes for a finished one
+
+
+def test_erase_runs_every_registered_defense(tmp_path):
+    """Every defense goes through ``api.erase`` (its pre-training check included), with tiny budgets."""
+    from dataclasses import replace
+
+    from nad.api import erase, select_clean
+    from nad.data import load_data
+    from nad.defenses import DEFENSES
+    from nad.models import build_classifier
+    from nad.models.checkpoint import ModelInfo
+    from nad.training import TrainConfig
+
+    torch.manual_seed(0)
+    model = build_classifier(ModelInfo("small_cnn", 10, (1, 16, 16)))
+    clean = select_clean(load_data("digits"), 0.05, 0)
+    short = TrainConfig(epochs=1, batch_size=32)
+    for name, cls in DEFENSES.items():
+        cfg = cls.Config()
+        for field_name, value in vars(cfg).items():
+            if isinstance(value, TrainConfig):
+                cfg = replace(cfg, **{field_name: short})
+        for field_name, small in (("teacher_epochs", 1), ("iterations", 2), ("rounds", 1)):
+            if hasattr(cfg, field_name):
+                cfg = replace(cfg, **{field_name: small})
+        result = erase(model, clean, cls(cfg), baseline=False, quiet=True)
+        assert result.model is not model, name

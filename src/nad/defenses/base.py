@@ -29,6 +29,9 @@ class Defense:
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
 
+    def check(self, model: Classifier, clean: ImageData) -> None:
+        """Refuse a configuration that cannot work on this model, before any training starts."""
+
     def repair(
         self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
     ) -> Repair:
