@@ -12,6 +12,7 @@ import torch
 from nad.attacks.base import Attack
 from nad.data.augment import Augment
 from nad.data.dataset import ImageData
+from nad.defenses.base import FineTunedStart
 from nad.metrics import Scores, evaluate
 from nad.models.checkpoint import Classifier, ModelInfo, Normalization, build_classifier
 from nad.training import History, OptimConfig, TrainConfig, train
@@ -154,40 +155,44 @@ def erase(
     score = (lambda m: evaluate(m, test, attack)) if test is not None else (lambda m: None)
     before = score(model)
     recorder = CurveRecorder(fixed_subset(test, curve_subset) if test is not None and curve_subset else None, attack)
-    finetune, teacher, baseline_seconds = None, None, None
+    finetune, baseline_seconds, extra = None, None, {}
     if baseline and not isinstance(defense, FineTune):
         budget = getattr(defense.config, "train", None)
         ft_cfg = budget if isinstance(budget, TrainConfig) else TrainConfig()
-        ft_model, teacher, baseline_seconds = run_baseline(
-            model, clean, ft_cfg, shared_teacher_epochs(defense, ft_cfg), quiet, recorder
+        shared = shared_finetuning(defense, ft_cfg)
+        ft_model, snapshot, baseline_seconds = run_baseline(
+            model, clean, ft_cfg, shared.epochs if shared else None, quiet, recorder
         )
         finetune = score(ft_model)
-    extra = {"teacher": teacher} if teacher is not None else {}
+        if shared is not None and snapshot is not None:
+            extra = {shared.argument: snapshot}
     repair = defense.repair(model, clean, quiet=quiet, monitor=recorder, **extra)
     after = score(repair.model)
     if isinstance(defense, FineTune):
         finetune = after
     if baseline_seconds is not None:
         repair.log.setdefault("seconds", {})["finetune_baseline"] = baseline_seconds
-        repair.log["teacher_from_baseline"] = teacher is not None
+        start_from = defense.fine_tuned_start()
+        if start_from is not None:
+            repair.log[f"{start_from.argument}_from_baseline"] = bool(extra)
     seconds = time.perf_counter() - start
     return EraseResult(repair.model, before, after, finetune, repair.log, len(clean), seconds, recorder.curves)
 
 
-def shared_teacher_epochs(defense: Any, ft_cfg: TrainConfig) -> int | None:
-    """When NAD's teacher is exactly the fine-tuning baseline after ``teacher_epochs`` epochs, that count.
+def shared_finetuning(defense: Any, ft_cfg: TrainConfig) -> FineTunedStart | None:
+    """The fine-tuning a defense starts from, when it is exactly a prefix of the baseline run.
 
-    The teacher is fine-tuned with the same optimiser, schedule, data order and seed as the baseline, so with
-    a step schedule (whose learning rate at an epoch does not depend on the run's length) its weights after
-    ``teacher_epochs`` epochs are those of the baseline run at that epoch. Taking a snapshot then saves
-    ``teacher_epochs`` epochs of training and changes no result.
+    NAD's teacher and MCR's t = 1 end are plain fine-tuning with the defense's own schedule, seed and data
+    order, which is also the baseline's. A run of ``epochs`` epochs is then the baseline at that epoch: always
+    when it is the whole run, and for shorter runs with a step schedule, whose learning rate at an epoch does
+    not depend on the run's length. Taking a snapshot saves those epochs and changes no result.
     """
-    from nad.defenses import NAD
-
-    if not isinstance(defense, NAD) or defense.config.train != ft_cfg or ft_cfg.optim.schedule != "step":
+    start = defense.fine_tuned_start()
+    if start is None or start.config != ft_cfg or not 0 < start.epochs <= ft_cfg.epochs:
         return None
-    teacher_epochs = defense.config.teacher_epochs
-    return teacher_epochs if 0 < teacher_epochs <= ft_cfg.epochs else None
+    if start.epochs < ft_cfg.epochs and ft_cfg.optim.schedule != "step":
+        return None
+    return start
 
 
 def run_baseline(

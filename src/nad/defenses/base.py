@@ -20,6 +20,16 @@ class Repair:
     log: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FineTunedStart:
+    """A plain fine-tuning run that a defense starts from: its schedule, its length, and the ``repair``
+    keyword that accepts the fine-tuned model ready-made (``erase`` then takes it from its baseline run)."""
+
+    config: TrainConfig
+    epochs: int
+    argument: str
+
+
 class Defense:
     """Subclasses set ``name`` and ``Config`` (a dataclass of their parameters) and define ``repair``."""
 
@@ -28,6 +38,10 @@ class Defense:
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
+
+    def fine_tuned_start(self) -> FineTunedStart | None:
+        """The plain fine-tuning this defense begins with, if any (NAD's teacher, MCR's t = 1 end)."""
+        return None
 
     def check(self, model: Classifier, clean: ImageData) -> None:
         """Refuse a configuration that cannot work on this model, before any training starts."""

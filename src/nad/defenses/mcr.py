@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from nad.data.augment import Augment
 from nad.data.dataset import ImageData
-from nad.defenses.base import Defense, Monitor, Repair
+from nad.defenses.base import Defense, FineTunedStart, Monitor, Repair
 from nad.defenses.finetune import FineTune
 from nad.defenses.registry import register_defense
 from nad.errors import NadError
@@ -169,6 +169,9 @@ class MCR(Defense):
 
     name = "mcr"
     Config = MCRConfig
+
+    def fine_tuned_start(self) -> FineTunedStart:
+        return FineTunedStart(self.config.train, self.config.train.epochs, "end")
 
     def fit(
         self,

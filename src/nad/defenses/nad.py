@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from nad.attention import FeatureHooks, Reduce, attention_loss, auto_layers, check_layers
 from nad.data.dataset import ImageData
-from nad.defenses.base import Defense, Monitor, Repair, epoch_hook
+from nad.defenses.base import Defense, FineTunedStart, Monitor, Repair, epoch_hook
 from nad.defenses.registry import register_defense
 from nad.errors import NadError
 from nad.models.checkpoint import Classifier
@@ -117,6 +117,9 @@ class NAD(Defense):
 
     name = "nad"
     Config = NADConfig
+
+    def fine_tuned_start(self) -> FineTunedStart:
+        return FineTunedStart(self.config.train, self.config.teacher_epochs, "teacher")
 
     def check(self, model: Classifier, clean: ImageData) -> None:
         resolve_layers(model, model.preprocess(clean.x[:2]), self.config)
