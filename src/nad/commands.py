@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def run_train(args: argparse.Namespace) -> int:
             "data": args.data,
             "arch": args.arch,
             "attack": attack.spec() if attack else None,
-            **_jsonable(cfg),
+            **asdict(cfg),
         },
         "history": result.history.epochs,
     }
@@ -134,16 +134,6 @@ def check_fits(clf: Classifier, data: ImageData) -> None:
         )
     if data.image_shape[0] != clf.info.input_size[0]:
         raise NadError(f"{data.name} has {data.image_shape[0]} channels but the model expects {clf.info.input_size[0]}")
-
-
-def _jsonable(obj: Any) -> Any:
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple | list):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 def parse_list(text: str | None, kind: type, what: str) -> tuple:
@@ -282,7 +272,7 @@ def erase_summary(result, args: argparse.Namespace, defense, attack, test: str |
             "test": test,
             "attack": attack.spec() if attack else None,
             "device": str(device),
-            **_jsonable(defense.config),
+            **asdict(defense.config),
         },
         "seconds": round(result.seconds, 1),
         "log": result.log,
