@@ -34,6 +34,7 @@ class TrainResult:
     poisoned: torch.Tensor | None
     seconds: float
     config: dict[str, Any] = field(default_factory=dict)
+    attack: Attack | None = None
 
 
 def train_model(
@@ -46,13 +47,18 @@ def train_model(
     arch_kwargs: dict[str, Any] | None = None,
     quiet: bool = False,
     state_path: Path | None = None,
+    workdir: Path | None = None,
 ) -> TrainResult:
     """Train ``arch`` from scratch on ``data``, poisoned by ``attack`` if given, and score it on ``test``.
 
     With ``state_path`` the run saves its state after every epoch and resumes from it when it exists.
+    An attack that generates an artefact (a Trojan trigger) writes it into ``workdir``; the returned
+    ``attack`` is the prepared one, whose spec is recorded with the model.
     """
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
+    if attack is not None:
+        attack = attack.prepare(data, workdir)
     info = ModelInfo(
         arch,
         data.num_classes,
@@ -70,7 +76,7 @@ def train_model(
         data, poisoned = result.data, result.indices
     history = train(clf, data, cfg, desc=f"train {arch}", quiet=quiet, state_path=state_path)
     scores = evaluate(clf, test, attack) if test is not None else None
-    return TrainResult(clf, history, scores, poisoned, time.perf_counter() - start)
+    return TrainResult(clf, history, scores, poisoned, time.perf_counter() - start, attack=attack)
 
 
 def with_epochs(cfg: TrainConfig, epochs: int | None) -> TrainConfig:

@@ -45,6 +45,15 @@ def attack_for(spec: str | None, data: ImageData) -> Attack | None:
     return attack
 
 
+def model_attack(override: str | None, clf: Classifier, model_path: str, data: ImageData) -> Attack | None:
+    """The ``--attack`` given, else the model's recorded one with its files found beside the model."""
+    if override:
+        return attack_for(override, data)
+    attack = attack_for(clf.info.attack, data)
+    path = Path(model_path)
+    return attack.rebase(path if path.is_dir() else path.parent) if attack else None
+
+
 def print_scores(rows: dict[str, Scores | None]) -> None:
     print(f"{'':12s} {'ACC %':>7s} {'ASR %':>7s}")
     for name, s in rows.items():
@@ -77,8 +86,18 @@ def run_train(args: argparse.Namespace) -> int:
         state.unlink()  # --overwrite without --resume starts afresh
     with keep_last_good_model(out):
         result = train_model(
-            data.to(device), args.arch, cfg, attack, test, normalize, args.arch_kwargs, args.quiet, state_path=state
+            data.to(device),
+            args.arch,
+            cfg,
+            attack,
+            test,
+            normalize,
+            args.arch_kwargs,
+            args.quiet,
+            state_path=state,
+            workdir=out,
         )
+    attack = result.attack
     save_model(result.model, out)
     state.unlink(missing_ok=True)  # finished: the model and results supersede the training state
     summary: dict[str, Any] = {
@@ -91,6 +110,7 @@ def run_train(args: argparse.Namespace) -> int:
             **asdict(cfg),
         },
         "history": result.history.epochs,
+        "poisoned": result.poisoned.tolist() if result.poisoned is not None else None,
     }
     write_json(out / "results.json", summary)
     print_scores({"model": result.scores})
@@ -117,7 +137,7 @@ def run_eval(args: argparse.Namespace) -> int:
     clf = load_classifier(args).to(device)
     test = load_data(args.data, "test")
     check_fits(clf, test)
-    attack = attack_for(args.attack or clf.info.attack, test)
+    attack = model_attack(args.attack, clf, args.model, test)
     scores = evaluate(clf, test.to(device), attack)
     if args.json:
         print(json.dumps(scores.to_json()))
@@ -291,7 +311,7 @@ def run_erase(args: argparse.Namespace) -> int:
     if test is not None:
         check_fits(clf, test)
         test = test.to(device)
-    attack = attack_for(args.attack or clf.info.attack, pool)
+    attack = model_attack(args.attack, clf, args.model, pool)
     defense = defense_from_args(args)
     out = out_dir(args.out, args.overwrite)
     clean = select_clean(pool.to(device), args.clean_ratio, args.seed)
@@ -333,7 +353,7 @@ def run_attention(args: argparse.Namespace) -> int:
     data = load_data(args.data, "test")
     for clf in models:
         check_fits(clf, data)
-    attack = attack_for(args.attack or models[0].info.attack, data)
+    attack = model_attack(args.attack, models[0], args.model, data)
     if attack is None:
         raise NadError("say which trigger to draw with --attack (the model records none)")
     pool = data.subset(torch.nonzero(data.y != attack.target).flatten())

@@ -6,14 +6,21 @@ An attack is a dataclass of its parameters (the keys of its command-line spec, s
 - ``apply(x)``: put the trigger on a uint8 batch (N, C, H, W) with tensor ops;
 - ``poison(data)``: return the poisoned training set and the indices that were poisoned.
 
-Label-flip attacks (``clean_label = False``) poison a ``rate`` share of the non-target images and relabel
-them; clean-label attacks override ``poison_candidates`` to poison only target-class images and keep labels.
+Label-flip attacks (``clean_label = False``) poison a ``rate`` share of the training set, drawn from the
+non-target images, and relabel them. Clean-label attacks (:class:`CleanLabelAttack`) poison a ``rate`` share
+of the *target class* and keep every label; at test time their trigger goes on non-target images.
+
+Attacks whose trigger depends on more than the spec (a trigger optimised against a model, a surrogate model
+for adversarial perturbations) resolve it in :meth:`Attack.prepare`, which returns an attack whose ``apply``
+is fully determined. Spec fields naming files are listed in ``path_fields``; relative paths in a model's
+sidecar are resolved against the model's directory (:meth:`Attack.rebase`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
@@ -42,6 +49,7 @@ class Attack:
 
     name: ClassVar[str] = ""
     clean_label: ClassVar[bool] = False
+    path_fields: ClassVar[tuple[str, ...]] = ()  # spec fields that name files
 
     def __post_init__(self) -> None:
         if not 0 < self.rate <= 1:
@@ -59,7 +67,28 @@ class Attack:
         if self.target >= num_classes:
             raise NadError(f"{self.name}: target {self.target} is not a class of this data (0..{num_classes - 1})")
 
+    def prepare(self, data: ImageData, workdir: Path | None = None) -> Attack:
+        """Resolve everything ``apply`` needs beyond the spec, from the (clean) training set ``data``.
+
+        The default has nothing to resolve. Attacks that generate an artefact (a trigger) write it into
+        ``workdir`` when given, and return an attack whose spec names that file relative to ``workdir``.
+        """
+        return self
+
+    def poison_images(self, x: Tensor, y: Tensor) -> Tensor:
+        """The training-time trigger for the chosen images; the test-time ``apply`` by default."""
+        return self.apply(x)
+
     # -- shared behaviour -------------------------------------------------------------------------
+    def rebase(self, base: Path) -> Attack:
+        """Resolve relative file names in ``path_fields`` against ``base`` (a model's directory)."""
+        changes = {}
+        for key in self.path_fields:
+            value = getattr(self, key)
+            if value and not Path(value).is_absolute() and (base / value).exists():
+                changes[key] = str(base / value)
+        return dataclasses.replace(self, **changes) if changes else self
+
     def spec(self) -> str:
         fields = [f for f in dataclasses.fields(self) if f.init]
         changed = [f"{f.name}={getattr(self, f.name)}" for f in fields if getattr(self, f.name) != f.default]
@@ -88,7 +117,7 @@ class Attack:
         chosen = torch.sort(candidates[torch.randperm(len(candidates), generator=gen)[:count]]).values
         x, y = data.x.clone(), data.y.clone()
         chosen_dev = chosen.to(x.device)
-        x[chosen_dev] = self.apply(x[chosen_dev])
+        x[chosen_dev] = self.poison_images(x[chosen_dev], y[chosen_dev])
         if not self.clean_label:
             y[chosen_dev] = self.target_labels(y[chosen_dev], data.num_classes)
         return PoisonResult(data.with_images(x, y, name=f"{data.name}+{self.name}"), chosen)
@@ -105,3 +134,21 @@ class Attack:
             self.target_labels(subset.y, data.num_classes),
             name=f"{data.name}+{self.name}",
         )
+
+
+@dataclass(frozen=True)
+class CleanLabelAttack(Attack):
+    """A clean-label attack: ``rate`` is the share of the target class that is poisoned; labels never change."""
+
+    clean_label: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode != "all2one":
+            raise NadError(f"{self.name}: a clean-label attack has one target class; mode must be all2one")
+
+    def poison_candidates(self, data: ImageData) -> Tensor:
+        return torch.nonzero(data.y.cpu() == self.target).flatten()
+
+    def poison_count(self, data: ImageData, candidates: Tensor) -> int:
+        return round(self.rate * len(candidates))
