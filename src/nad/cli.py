@@ -98,6 +98,17 @@ def _defenses_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+@command("attacks", "list the attacks --attack accepts, with their parameters; or draw one on images (show)")
+def _attacks_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list", help="list (default) or show")
+    p.add_argument("attack", nargs="?", help="show: the attack spec to draw, e.g. badnets:target=0")
+    p.add_argument("--data", help="show: images to draw (a dataset's test split by default)")
+    p.add_argument("--out", help="show: PNG file to write")
+    p.add_argument("--count", type=int, default=6, help="show: how many non-target images (rows)")
+    p.add_argument("--seed", type=int, default=0, help="show: which images are drawn")
+    common(p)
+
+
 @command("eval", "measure clean accuracy and attack success rate")
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model")

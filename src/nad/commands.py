@@ -278,6 +278,84 @@ def run_defenses(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_attacks(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        return show_attack(args)
+    if args.attack:
+        raise NadError(f"nad attacks list takes no attack (to draw one: nad attacks show {args.attack} ...)")
+    import sys
+    import typing
+
+    from nad.attacks import ATTACKS
+    from nad.spec import describe
+
+    for name in sorted(ATTACKS):
+        cls = ATTACKS[name]
+        doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().split("\n\n")[0]
+        print(f"{name}: {' '.join(doc.split())}")
+        hints = typing.get_type_hints(cls)
+        rows = [(key, literal_choices(hints[key]) or type_name, default) for key, type_name, default in describe(cls)]
+        width = max((len(key) for key, _, _ in rows), default=0)
+        type_width = max((len(type_name) for _, type_name, _ in rows), default=0)
+        for key, type_name, default in rows:
+            print(f"    {key:{width}s}  {type_name:{type_width}s}  {default!r}")
+        print()
+    print("set any of them with --attack NAME:key=value,... (e.g. badnets:target=5,pattern=square)")
+    print("draw one with nad attacks show NAME[:key=value,...] --data DATA --out FILE.png")
+    return 0
+
+
+def literal_choices(hint: Any) -> str | None:
+    """``"a|b|c"`` for a ``Literal["a", "b", "c"]`` type, else None."""
+    import typing
+
+    if typing.get_origin(hint) is typing.Literal:
+        return "|".join(map(str, typing.get_args(hint)))
+    return None
+
+
+def show_attack(args: argparse.Namespace) -> int:
+    """``nad attacks show``: clean non-target images, their poisoned versions and the difference, as a PNG."""
+    import torch
+
+    from nad.viz import attack_figure
+
+    if not args.attack:
+        raise NadError(
+            "nad attacks show: name the attack to draw, e.g. nad attacks show badnets --data digits --out x.png"
+        )
+    if not args.data or not args.out:
+        raise NadError("nad attacks show needs --data DATA and --out FILE.png")
+    out = Path(args.out)
+    if out.is_dir():
+        raise NadError(f"--out {out}: is a directory; give the PNG file to write")
+    if not out.parent.is_dir():
+        raise NadError(f"--out {out}: the folder {out.parent} does not exist")
+    if args.count < 1:
+        raise NadError(f"--count must be >= 1, got {args.count}")
+    device = resolve_device(args.device)
+    attack = parse_attack(args.attack)
+    data = load_data(args.data, "test")
+    attack.check(data.num_classes, data.image_shape)
+    data = data.to(device)
+    attack = attack.prepare(data, None)
+    pool = torch.nonzero(data.y.cpu() != attack.target).flatten()
+    if len(pool) == 0:
+        raise NadError(f"{data.name}: no images outside the target class {attack.target} to draw")
+    gen = torch.Generator().manual_seed(args.seed)
+    pick = pool[torch.randperm(len(pool), generator=gen)[: args.count]].to(device)
+    clean, labels = data.x[pick], data.y[pick]
+    poisoned = [("test-time", attack.apply(clean))]
+    if attack.clean_label:
+        train = attack.poison_images(clean, labels)
+        if not torch.equal(train, poisoned[0][1]):
+            poisoned.append(("training-time", train))
+    names = [data.classes[i] if data.classes else str(i) for i in labels.tolist()]
+    path = attack_figure(clean, poisoned, out, names, title=attack.spec())
+    print(f"wrote {path}")
+    return 0
+
+
 def erase_summary(result, args: argparse.Namespace, defense, attack, test: str | None, device) -> dict[str, Any]:
     return {
         "before": result.before.to_json() if result.before else None,

@@ -1,4 +1,4 @@
-"""Pictures of attention: where each model looks, on clean and triggered images.
+"""Pictures: where each model looks (attention maps), and what a trigger does to images.
 
 Plots use matplotlib's non-interactive Agg backend, so they work with no display.
 """
@@ -77,8 +77,56 @@ def attention_figure(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def save_figure(fig: plt.Figure, out: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and release it."""
     out = Path(out)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return out
+
+
+def residual(clean: Tensor, poisoned: Tensor) -> tuple[Tensor, Tensor]:
+    """``|poisoned - clean|`` per image scaled to its own maximum (float [0, 1]), and that maximum (0..255)."""
+    diff = (poisoned.float() - clean.float()).abs()
+    peak = diff.flatten(1).max(1).values if len(diff) else torch.zeros(0)
+    return diff / peak.clamp_min(1).view(-1, 1, 1, 1), peak
+
+
+def attack_figure(
+    clean: Tensor,
+    poisoned: Sequence[tuple[str, Tensor]],
+    out: str | Path,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """One PNG, a row per image: the clean image, each poisoned version (``(name, uint8 batch)``), then
+    ``|first poisoned - clean|`` magnified to its own maximum (the cell's title gives that maximum, 0..255)."""
+    images = [clean.cpu(), *(x.cpu() for _, x in poisoned)]
+    diff, peak = residual(images[0], images[1])
+    names = ["clean", *(name for name, _ in poisoned), f"|{poisoned[0][0]} - clean|"]
+    n, cols = len(clean), len(images) + 1
+    fig, axes = plt.subplots(n, cols, figsize=(1.45 * cols + 0.9, 1.45 * n + 0.5), squeeze=False)
+    panels = [x.float().div(255) for x in images] + [diff]
+    grey = clean.shape[1] == 1
+    for j, panel in enumerate(panels):
+        show = panel.permute(0, 2, 3, 1).numpy()
+        for i in range(n):
+            ax = axes[i, j]
+            ax.imshow(show[i, ..., 0] if grey else show[i], cmap="gray" if grey else None, vmin=0, vmax=1)
+            label = names[j] if i == 0 else ""
+            if j == cols - 1:
+                label = f"{label}\nmax {int(peak[i])}/255" if label else f"max {int(peak[i])}/255"
+            ax.set_title(label, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if row_labels is not None and j == 0:
+            for i, text in enumerate(row_labels):
+                axes[i, 0].set_ylabel(text, fontsize=8, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out)

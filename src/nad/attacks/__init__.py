@@ -1,11 +1,13 @@
-"""Backdoor attacks used to make backdoored models for evaluation."""
+"""Backdoor attacks used to make backdoored models for evaluation. Importing a module registers its attack."""
 
-from nad.attacks import badnets, blend, sig, wanet  # noqa: F401  (registers the attacks)
 from nad.attacks.badnets import BadNets
 from nad.attacks.base import Attack, CleanLabelAttack, PoisonResult
 from nad.attacks.blend import Blend
+from nad.attacks.cl import LabelConsistent
+from nad.attacks.refool import Refool
 from nad.attacks.registry import ATTACKS, parse_attack, register_attack
 from nad.attacks.sig import SIG
+from nad.attacks.trojan import Trojan
 from nad.attacks.wanet import WaNet
 
 __all__ = [
@@ -15,7 +17,10 @@ __all__ = [
     "BadNets",
     "Blend",
     "CleanLabelAttack",
+    "LabelConsistent",
     "PoisonResult",
+    "Refool",
+    "Trojan",
     "WaNet",
     "parse_attack",
     "register_attack",

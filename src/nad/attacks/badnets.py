@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from nad.attacks.base import Attack
+from nad.attacks.base import Attack, PatchPosition
 from nad.attacks.registry import register_attack
 from nad.errors import NadError
 
@@ -33,7 +33,7 @@ GRID = torch.tensor([[0, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8
 
 @register_attack
 @dataclass(frozen=True)
-class BadNets(Attack):
+class BadNets(PatchPosition, Attack):
     pattern: Literal["grid", "square"] = "grid"
     size: int = 3
     x: int | None = None
@@ -54,18 +54,9 @@ class BadNets(Attack):
             return GRID
         return torch.full((self.size, self.size), self.value, dtype=torch.uint8)
 
-    def corner(self, height: int, width: int) -> tuple[int, int]:
-        """(row, column) of the patch's top-left corner."""
-        row = height - self.size if self.y is None else self.y
-        col = width - self.size if self.x is None else self.x
-        return row, col
-
     def check(self, num_classes: int, image_shape: tuple[int, int, int]) -> None:
         super().check(num_classes, image_shape)
-        _, h, w = image_shape
-        row, col = self.corner(h, w)
-        if row < 0 or col < 0 or row + self.size > h or col + self.size > w:
-            raise NadError(f"badnets: a {self.size}x{self.size} patch at x={col}, y={row} does not fit a {h}x{w} image")
+        self.check_fits(image_shape)
 
     def apply(self, x: Tensor) -> Tensor:
         row, col = self.corner(x.shape[2], x.shape[3])

@@ -152,3 +152,27 @@ class CleanLabelAttack(Attack):
 
     def poison_count(self, data: ImageData, candidates: Tensor) -> int:
         return round(self.rate * len(candidates))
+
+
+class PatchPosition:
+    """For attacks with a square patch of side ``size`` whose top-left corner is at column ``x``, row ``y``;
+    ``None`` puts it flush in the bottom-right corner."""
+
+    name: ClassVar[str]
+    size: int
+    x: int | None
+    y: int | None
+
+    def corner(self, height: int, width: int) -> tuple[int, int]:
+        """(row, column) of the patch's top-left corner."""
+        row = height - self.size if self.y is None else self.y
+        col = width - self.size if self.x is None else self.x
+        return row, col
+
+    def check_fits(self, image_shape: tuple[int, int, int]) -> None:
+        _, h, w = image_shape
+        row, col = self.corner(h, w)
+        if row < 0 or col < 0 or row + self.size > h or col + self.size > w:
+            raise NadError(
+                f"{self.name}: a {self.size}x{self.size} patch at x={col}, y={row} does not fit a {h}x{w} image"
+            )
