@@ -9,9 +9,11 @@ from typing import Any
 
 import torch
 
+from nad import distributed
 from nad.attacks.base import Attack
 from nad.data.augment import Augment
 from nad.data.dataset import ImageData
+from nad.data.stream import StreamData
 from nad.defenses.base import FineTunedStart
 from nad.metrics import Scores, evaluate
 from nad.models.checkpoint import Classifier, ModelInfo, Normalization, build_classifier
@@ -38,7 +40,7 @@ class TrainResult:
 
 
 def train_model(
-    data: ImageData,
+    data: ImageData | StreamData,
     arch: str,
     cfg: TrainConfig = SCRATCH,
     attack: Attack | None = None,
@@ -53,11 +55,12 @@ def train_model(
 
     With ``state_path`` the run saves its state after every epoch and resumes from it when it exists.
     An attack that generates an artefact (a Trojan trigger) writes it into ``workdir``; the returned
-    ``attack`` is the prepared one, whose spec is recorded with the model.
+    ``attack`` is the prepared one, whose spec is recorded with the model. Streamed ``data`` is poisoned
+    as it is read (``StreamData.poisoned``).
     """
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    if attack is not None:
+    if attack is not None and isinstance(data, ImageData):  # streamed data takes only attacks with nothing to prepare
         attack = attack.prepare(data, workdir)
     info = ModelInfo(
         arch,
@@ -67,11 +70,13 @@ def train_model(
         normalize,
         attack.spec() if attack else None,
     )
-    clf = build_classifier(info).to(data.x.device)
+    clf = build_classifier(info).to(data.device)
     if cfg.channels_last:
         clf.module.to(memory_format=torch.channels_last)
     poisoned = None
-    if attack is not None:
+    if isinstance(data, StreamData) and attack is not None:
+        data, poisoned = data.poisoned(attack)
+    elif attack is not None:
         result = attack.poison(data)
         data, poisoned = result.data, result.indices
     history = train(clf, data, cfg, desc=f"train {arch}", quiet=quiet, state_path=state_path)
@@ -173,6 +178,7 @@ def erase(
         if shared is not None and snapshot is not None:
             extra = {shared.argument: snapshot}
     repair = defense.repair(model, clean, quiet=quiet, monitor=recorder, **extra)
+    distributed.sync_state(repair.model.module)  # under torchrun: score and save the same model on every rank
     after = score(repair.model)
     if isinstance(defense, FineTune):
         finetune = after

@@ -18,6 +18,8 @@ from typing import Any
 from nad.errors import NadError
 
 Handler = Callable[[argparse.Namespace], int]
+#: Commands that run data-parallel under torchrun (see docs/distributed.md); others run alone in each process.
+DISTRIBUTED_COMMANDS = ("train", "erase")
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {}
 
 
@@ -65,6 +67,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last epoch")
+    p.add_argument("--stream", action="store_true", help="read a folder: dataset batch by batch (automatic when large)")
     out_args(p)
     common(p)
 
@@ -152,10 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from nad import commands
+    from nad import commands, distributed
 
     try:
-        return getattr(commands, f"run_{args.command}")(args)
+        with distributed.session(args.command in DISTRIBUTED_COMMANDS):  # under torchrun; else nothing
+            return getattr(commands, f"run_{args.command}")(args)
     except NadError as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
@@ -177,6 +181,9 @@ def out_dir(path: str, overwrite: bool) -> Path:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise NadError(f"--out {out}: exists and is not empty (use --overwrite to write into it)")
     out.mkdir(parents=True, exist_ok=True)
+    from nad import distributed
+
+    distributed.barrier()  # under torchrun: every rank has checked --out before rank 0 writes into it
     return out
 
 

@@ -10,11 +10,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from nad import distributed
 from nad.api import SCRATCH, train_model
 from nad.attacks import Attack, parse_attack
 from nad.cli import out_dir
 from nad.data import ImageData, load_data
 from nad.data.sources import parse_data_spec
+from nad.data.stream import open_train_data
 from nad.device import resolve_device
 from nad.errors import NadError
 from nad.io import write_json
@@ -64,7 +66,7 @@ def print_scores(rows: dict[str, Scores | None]) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    data = load_data(args.data, "train")
+    data = open_train_data(args.data, args.stream)
     spec = test_spec(args.data, args.test)
     test = load_data(spec, "test").to(device) if spec else None
     attack = attack_for(args.attack, data)
@@ -82,8 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
     )
     out = out_dir(args.out, args.overwrite or args.resume)
     state = out / "train-state.pt"
-    if state.exists() and not args.resume:
-        state.unlink()  # --overwrite without --resume starts afresh
+    if not args.resume:
+        state.unlink(missing_ok=True)  # --overwrite without --resume starts afresh (missing_ok: ranks race here)
     with keep_last_good_model(out):
         result = train_model(
             data.to(device),
@@ -97,6 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
             state_path=state,
             workdir=out,
         )
+    if not distributed.is_main():
+        return 0  # under torchrun only rank 0 writes and prints; the others wait for it at a barrier
     attack = result.attack
     save_model(result.model, out)
     state.unlink(missing_ok=True)  # finished: the model and results supersede the training state
@@ -124,7 +128,8 @@ def keep_last_good_model(out: Path) -> Iterator[None]:
     try:
         yield
     except NonFiniteLoss as exc:
-        path = save_model(exc.model, out, stem="last-good")
+        path = save_model(exc.model, out, stem="last-good") if distributed.is_main() else out / "last-good.safetensors"
+        distributed.barrier()  # else the other ranks' exit could make torchrun stop rank 0 while it saves
         raise NadError(f"{exc}; saved it as {path}") from None
 
 
@@ -397,6 +402,8 @@ def run_erase(args: argparse.Namespace) -> int:
         result = erase(
             clf, clean, defense, test, attack, baseline=not args.no_baseline, quiet=args.quiet, curve_subset=args.curves
         )
+    if not distributed.is_main():
+        return 0  # under torchrun only rank 0 writes and prints; the others wait for it at a barrier
     summary = erase_summary(result, args, defense, attack, spec, device)
     save_erase_outputs(out, clf, result, summary, test, attack)
     if test is None:

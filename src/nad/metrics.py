@@ -3,6 +3,9 @@
 ASR follows each attack's own test-time definition (``Attack.test_set``): for all-to-one attacks, the share
 of triggered test images whose true label is not the target that the model assigns to the target; for
 all-to-all, the share of triggered images classified as label + 1 mod K.
+
+Under torchrun, ``evaluate`` splits the test set across the ranks (every ``world``-th image) and sums the
+counts, so every rank returns the same scores for the whole set.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nad import distributed
 from nad.data.dataset import ImageData
 from nad.models.checkpoint import Classifier
 
@@ -41,8 +45,19 @@ class Scores:
         return {k: v for k, v in rounded.items() if k != "ra" or v is not None}
 
 
+def percent_correct(clf: Classifier, x: Tensor, *labels: Tensor) -> list[float]:
+    """For each labelling of ``x``, the percentage of ``x`` classified so; sharded across ranks under torchrun."""
+    rank, world = distributed.rank(), distributed.world_size()
+    preds = predict(clf, x[rank::world])
+    counts = [len(preds)] + [int((preds == y[rank::world]).sum()) for y in labels]
+    total, *correct = distributed.all_reduce_sum(torch.tensor(counts, dtype=torch.int64)).tolist()
+    return [100.0 * c / total if total else float("nan") for c in correct]
+
+
 def evaluate(clf: Classifier, test: ImageData, attack=None) -> Scores:  # attack: Attack | None
     """ACC on the whole test set; with an attack, ASR and RA on its triggered non-target images."""
+    if distributed.world_size() > 1:
+        return evaluate_sharded(clf, test, attack)
     acc = accuracy(clf, test)
     if attack is None:
         return Scores(acc)
@@ -51,6 +66,17 @@ def evaluate(clf: Classifier, test: ImageData, attack=None) -> Scores:  # attack
     asr = 100.0 * float((preds == triggered.y).float().mean())
     true_labels = test.y[test.y != attack.target] if attack.mode == "all2one" else test.y
     ra = 100.0 * float((preds == true_labels).float().mean())
+    return Scores(acc, asr, ra)
+
+
+def evaluate_sharded(clf: Classifier, test: ImageData, attack=None) -> Scores:
+    """``evaluate`` with each rank predicting its share of the images and the counts summed across ranks."""
+    (acc,) = percent_correct(clf, test.x, test.y)
+    if attack is None:
+        return Scores(acc)
+    triggered = attack.test_set(test)
+    true_labels = test.y[test.y != attack.target] if attack.mode == "all2one" else test.y
+    asr, ra = percent_correct(clf, triggered.x, triggered.y, true_labels)
     return Scores(acc, asr, ra)
 
 

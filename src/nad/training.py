@@ -3,6 +3,14 @@
 Data stays on the device as uint8; each batch is gathered by index, augmented with tensor ops, normalised,
 and fed forward. Losses are summed as tensors and read once per epoch, so the inner loop never waits on
 the host. What is optimised is given by a ``LossFn``: plain cross-entropy, or NAD's CE + attention loss.
+A folder too large for memory (``StreamData``) is read batch by batch by DataLoader workers instead; the
+batches, their order and their augmentation are the same.
+
+Under torchrun (``nad.distributed``) every rank draws the same shuffle and takes every ``world``-th image
+of each global batch of ``batch_size`` images; the module is wrapped in DistributedDataParallel for the
+loop only, so gradients are averaged across ranks, and the epoch's loss sums are summed across ranks. A run
+on N processes is then the single-process run, except that BatchNorm normalises each rank's share of the
+batch by its own statistics (and floating-point sums are taken in another order).
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from nad import distributed
 from nad.data.augment import Augment, augment_batch
 from nad.data.dataset import ImageData
+from nad.data.stream import StreamData
 from nad.errors import NadError
 from nad.io import atomic_path
 from nad.models.checkpoint import Classifier
@@ -100,9 +110,42 @@ def batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
             yield idx
 
 
+class EpochBatches:
+    """This rank's index batches, one pass per iteration: ``batches`` of the global batch size from the
+    shared generator, each split across the ranks (``distributed.shard_indices``). Also a DataLoader
+    ``batch_sampler``, for streamed data."""
+
+    def __init__(self, n: int, batch_size: int, gen: torch.Generator) -> None:
+        self.n, self.batch_size, self.gen = n, batch_size, gen
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for index in batches(self.n, self.batch_size, self.gen):
+            index = distributed.shard_indices(index)
+            if len(index):  # a tail batch smaller than the world is skipped by every rank alike
+                yield index
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+
+def global_batch_size(batch_size: int) -> int:
+    """``batch_size`` is the global batch; each of N ranks takes ``batch_size // N`` images per step."""
+    world = distributed.world_size()
+    if batch_size < world:
+        raise NadError(f"batch size {batch_size} is smaller than the {world} processes; each needs an image")
+    if batch_size % world and distributed.is_main():
+        import warnings
+
+        warnings.warn(
+            f"batch size {batch_size} is not a multiple of {world} processes; using {batch_size // world * world}",
+            stacklevel=3,
+        )
+    return batch_size // world * world
+
+
 def train(
     clf: Classifier,
-    data: ImageData,
+    data: ImageData | StreamData,
     cfg: TrainConfig,
     loss_fn: LossFn = cross_entropy,
     desc: str = "train",
@@ -113,10 +156,10 @@ def train(
     """Train ``clf.module`` in place on ``data`` (which must be on the module's device).
 
     With ``state_path``, the full training state (weights, optimiser, random generators, history) is saved
-    there atomically after every epoch, and a run that finds the file resumes after its last epoch.
+    there atomically after every epoch (by rank 0), and a run that finds the file resumes after its last epoch.
     """
     module = clf.module
-    device = data.x.device
+    device = data.device
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.SGD(
         params,
@@ -125,38 +168,51 @@ def train(
         nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
         weight_decay=cfg.optim.weight_decay,
     )
+    # Both generators are seeded alike on every rank and stay in step: the shuffle is shared, and
+    # augmentation draws for the whole global batch (``share``), so each image's crop and flip do not
+    # depend on the number of processes.
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    steps = math.ceil(len(data) / cfg.batch_size)
+    share = (distributed.rank(), distributed.world_size())
+    order = EpochBatches(len(data), global_batch_size(cfg.batch_size), gen)
+    loader = data.loader(order) if isinstance(data, StreamData) else None
+    steps = len(order)
     history = History()
     first = load_state(state_path, module, opt, gen, aug_gen, history) if state_path else 0
     bar = tqdm(
-        total=cfg.epochs * steps, initial=first * steps, desc=desc, disable=quiet, leave=False, dynamic_ncols=True
+        total=cfg.epochs * steps,
+        initial=first * steps,
+        desc=desc,
+        disable=quiet or not distributed.is_main(),
+        leave=False,
+        dynamic_ncols=True,
     )
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = distributed.wrap(module, device)  # DDP for several processes, for this loop only
     for epoch in range(first, cfg.epochs):
         module.train()
         last_good = copy.deepcopy(module.state_dict())
         sums: dict[str, Tensor] = {}
         count = 0
-        for step, idx in enumerate(batches(len(data), cfg.batch_size, gen)):
+        for step, (images, labels) in enumerate(loader if loader is not None else in_memory(data, order)):
             for group in opt.param_groups:
                 group["lr"] = cfg.optim.lr_at(epoch + step / steps, cfg.epochs)
-            idx = idx.to(device, non_blocking=True)
-            x = augment_batch(data.x[idx], cfg.augment, aug_gen)
+            x = augment_batch(images.to(device, non_blocking=True), cfg.augment, aug_gen, share)
+            y = labels.to(device, non_blocking=True)
             inputs = clf.preprocess(x).contiguous(memory_format=memory_format)
             with autocast(device, cfg.precision):
-                terms = loss_fn(module, inputs, data.y[idx])
+                terms = loss_fn(model, inputs, y)
             loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
             opt.step()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0) + v.detach().float() * len(idx)
-            count += len(idx)
+                sums[k] = sums.get(k, 0) + v.detach().float() * len(y)
+            count += len(y)
             bar.update()
-        means = {k: float(v) / max(count, 1) for k, v in sums.items()}
-        if not all(math.isfinite(v) for v in means.values()):
+        means = epoch_means(sums, count, device)
+        distributed.sync_buffers(module)  # one model on every rank, to evaluate, save or roll back
+        if not all(math.isfinite(v) for v in means.values()):  # the same verdict on every rank
             module.load_state_dict(last_good)
             bar.close()
             raise NonFiniteLoss(desc, epoch, means, clf)
@@ -164,10 +220,24 @@ def train(
         bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
         if on_epoch is not None:
             on_epoch(epoch, means)
-        if state_path is not None:
+        if state_path is not None and distributed.is_main():
             save_state(state_path, epoch + 1, module, opt, gen, aug_gen, history)
     bar.close()
     return history
+
+
+def in_memory(data: ImageData, order: EpochBatches) -> Iterator[tuple[Tensor, Tensor]]:
+    """One pass over ``data`` (on its device) in ``order``'s batches."""
+    for index in order:
+        index = index.to(data.device, non_blocking=True)
+        yield data.x[index], data.y[index]
+
+
+def epoch_means(sums: dict[str, Tensor], count: int, device: torch.device) -> dict[str, float]:
+    """Per-image means of the summed loss terms over all ranks: one reduction, one read per epoch."""
+    totals = torch.stack([*sums.values(), torch.tensor(float(count), device=device)])
+    *values, total = distributed.all_reduce_sum(totals).tolist()
+    return {k: v / max(total, 1) for k, v in zip(sums, values)}
 
 
 def save_state(

@@ -37,6 +37,10 @@ class ImageData:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.x.shape[1:])  # type: ignore[return-value]
 
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
     def subset(self, index: Tensor, name: str | None = None) -> ImageData:
         return replace(self, x=self.x[index], y=self.y[index], name=name or self.name)
 

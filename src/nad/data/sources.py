@@ -139,31 +139,44 @@ def load_npz(path: str | Path) -> ImageData:
     return ImageData(images, torch.from_numpy(y.astype(np.int64)), k, path.stem)
 
 
-def load_folder(path: str | Path) -> ImageData:
-    """ImageFolder layout; images are converted to RGB and resized to the first image's size."""
-    from PIL import Image, UnidentifiedImageError
-
+def scan_folder(path: str | Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
+    """The image files of an ImageFolder layout (one sub-folder per class, sorted), their labels, the classes."""
     path = Path(path)
     if not path.is_dir():
         raise NadError(f"{path}: no such directory")
-    classes = sorted(d.name for d in path.iterdir() if d.is_dir())
+    classes = tuple(sorted(d.name for d in path.iterdir() if d.is_dir()))
     if not classes:
         raise NadError(f"{path}: expected one sub-folder of images per class, found none")
-    images, labels, size = [], [], None
+    files, labels = [], []
     for label, cls in enumerate(classes):
-        for file in sorted(f for f in (path / cls).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
-            try:
-                with Image.open(file) as img:
-                    img = img.convert("RGB")
-                    size = size or img.size
-                    images.append(np.asarray(img if img.size == size else img.resize(size, Image.BILINEAR)))
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise NadError(f"{file}: unreadable image ({exc})") from None
-            labels.append(label)
-    if not images:
+        found = sorted(f for f in (path / cls).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files += found
+        labels += [label] * len(found)
+    if not files:
         raise NadError(f"{path}: no images found in its class folders")
+    return files, labels, classes
+
+
+def read_image(file: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One image as RGB uint8 (H, W, 3), resized (bilinear) to ``size`` = (W, H) when given and different."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as img:
+            img = img.convert("RGB")
+            return np.asarray(img if size is None or img.size == size else img.resize(size, Image.BILINEAR))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise NadError(f"{file}: unreadable image ({exc})") from None
+
+
+def load_folder(path: str | Path) -> ImageData:
+    """ImageFolder layout; images are converted to RGB and resized to the first image's size."""
+    files, labels, classes = scan_folder(path)
+    first = read_image(files[0])
+    size = (first.shape[1], first.shape[0])
+    images = [first] + [read_image(f, size) for f in files[1:]]
     x = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy())
-    return ImageData(x, torch.tensor(labels, dtype=torch.int64), len(classes), path.name, tuple(classes))
+    return ImageData(x, torch.tensor(labels, dtype=torch.int64), len(classes), Path(path).name, classes)
 
 
 def load_digits(split: str = "train") -> ImageData:

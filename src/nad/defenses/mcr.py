@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from nad import distributed
 from nad.data.augment import Augment
 from nad.data.dataset import ImageData
 from nad.defenses.base import Defense, FineTunedStart, Monitor, Repair
@@ -159,7 +160,7 @@ class CurveLoss:
         logits = module(inputs)
         terms = {"ce": F.cross_entropy(logits, targets)}
         if self.l2 > 0:
-            terms["l2"] = self.l2 * module.l2  # type: ignore[operator]
+            terms["l2"] = self.l2 * distributed.unwrap(module).l2  # type: ignore[operator]  (DDP hides .l2)
         return terms
 
 
