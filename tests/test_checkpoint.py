@@ -304,3 +304,19 @@ def test_user_architecture_from_a_file(tmp_path):
         create_model(str(tmp_path / "mynet.py"), 7)
     with pytest.raises(NadError, match="no such file"):
         create_model(f"{tmp_path / 'other.py'}:Net", 7)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path) -> None:
+    """safetensors recreates the file it writes; the model must still be readable like any other output."""
+
+    import stat
+
+    from nad.models import build_classifier
+
+    clf = build_classifier(ModelInfo("small_cnn", 10, (3, 16, 16)))
+    save_model(clf, tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "model.json"):
+        mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+        assert mode == 0o666 & ~umask, (name, oct(mode))
