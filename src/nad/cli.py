@@ -143,6 +143,18 @@ def _attention_args(p: argparse.ArgumentParser) -> None:
     common(p)
 
 
+@command("bench", "run a grid of attacks x defenses x clean ratios x seeds from a preset or YAML (resumable)")
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="preset (paper-cifar10, ablation-cifar10, paper-gtsrb) or YAML file")
+    p.add_argument("--data", help="training data, e.g. cifar10:ROOT or gtsrb:ROOT (replaces the preset's)")
+    p.add_argument("--test", help="test data (default: the test split of --data)")
+    p.add_argument("--quick", action="store_true", help="the preset's quick variant: fewer epochs, less data")
+    p.add_argument("--shard", help="I/N: run only the I-th of N parts of the grid (1 <= I <= N), e.g. for job arrays")
+    p.add_argument("--seeds", help="comma-separated seeds (replaces the preset's)")
+    out_args(p)
+    common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nad", description="Erase backdoor triggers with Neural Attention Distillation."

@@ -24,7 +24,7 @@ from nad.metrics import Scores, evaluate
 from nad.models import Classifier, load_model, parse_normalize, save_model
 from nad.training import NonFiniteLoss
 
-DEFAULT_NORMALIZE = {"cifar10": "cifar10", "digits": "digits"}
+DEFAULT_NORMALIZE = {"cifar10": "cifar10", "digits": "digits", "gtsrb": "gtsrb"}
 
 
 def test_spec(data_spec: str, explicit: str | None) -> str | None:
@@ -34,8 +34,8 @@ def test_spec(data_spec: str, explicit: str | None) -> str | None:
     kind, location, _ = parse_data_spec(data_spec)
     if kind == "digits":
         return "digits:test"
-    if kind == "cifar10":
-        return f"cifar10:{location}:test"
+    if kind in ("cifar10", "gtsrb"):
+        return f"{kind}:{location}:test"
     return None
 
 
@@ -461,3 +461,9 @@ def _short_name(path: str) -> str:
     if p.is_dir():
         return p.name
     return p.parent.name if p.name == "model.safetensors" else p.stem
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from nad.bench.command import run as bench
+
+    return bench(args)

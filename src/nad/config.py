@@ -53,6 +53,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple):
             value = [value]
+        item = (typing.get_args(hint) or (None,))[0]
+        if dataclasses.is_dataclass(item):  # a list of mappings, one dataclass each
+            return tuple(from_mapping(item, v, f"{where}[{i}]") for i, v in enumerate(value))  # type: ignore[arg-type]
         return tuple(value)
     if hint is float and isinstance(value, int):
         return float(value)

@@ -3,7 +3,8 @@
 Specs: ``cifar10:ROOT`` (``ROOT`` holds ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz``; add
 ``:train`` or ``:test``), ``npz:PATH``, ``folder:PATH`` (one sub-folder of images per class), ``digits``
 (scikit-learn's bundled 8x8 handwritten digits, upscaled to 16x16; add ``:train`` or ``:test``). A bare path
-is recognised by what it holds.
+is recognised by what it holds. ``gtsrb:ROOT`` reads the official GTSRB layout (``nad.data.gtsrb``; add
+``:train`` or ``:test``).
 
 No reader touches the network. CIFAR-10 batches are pickles, so they are read with an unpickler that only
 admits the plain containers and numpy array types those files hold: a hostile "dataset" cannot run code.
@@ -196,7 +197,7 @@ def load_digits(split: str = "train") -> ImageData:
     return ImageData(x[index].contiguous(), y[index], 10, f"digits-{split}", classes)
 
 
-DATA_KINDS = ("cifar10", "npz", "folder", "digits")
+DATA_KINDS = ("cifar10", "npz", "folder", "digits", "gtsrb")
 
 
 def parse_data_spec(spec: str, default_split: str = "train") -> tuple[str, str, str]:
@@ -234,13 +235,15 @@ def _guess_kind(path: Path) -> str:
         return "cifar10"
     if (path / "test_batch").is_file():
         return "cifar10"
+    if (path / "Final_Training").is_dir() or (path / "GTSRB" / "Final_Training").is_dir():
+        return "gtsrb"
     return "folder"
 
 
 def has_split(spec: str) -> bool:
     """Whether a data spec names a source with an official train/test split."""
     kind, _, _ = parse_data_spec(spec)
-    return kind in ("cifar10", "digits")
+    return kind in ("cifar10", "digits", "gtsrb")
 
 
 def load_data(spec: str, default_split: str = "train") -> ImageData:
@@ -251,4 +254,8 @@ def load_data(spec: str, default_split: str = "train") -> ImageData:
         return load_digits(split)
     if kind == "npz":
         return load_npz(location)
+    if kind == "gtsrb":
+        from nad.data.gtsrb import load_gtsrb
+
+        return load_gtsrb(location, split)
     return load_folder(location)

@@ -1,0 +1,48 @@
+"""``nad bench PRESET_OR_FILE --data DATA --out DIR [--quick] [--shard I/N]``: the command-line handler."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nad.bench.config import load_bench
+from nad.bench.grid import Shard
+from nad.bench.run import run_bench
+from nad.errors import NadError
+
+
+def bench_out(path: str, overwrite: bool) -> Path:
+    """The output folder: new, empty, or one a bench wrote before (which is resumed)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise NadError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "bench.json").is_file() and not overwrite:
+        raise NadError(f"--out {out}: not empty and not a nad bench folder (use --overwrite to write into it)")
+    return out
+
+
+def parse_seeds(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise NadError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from nad.device import resolve_device
+
+    cfg = load_bench(args.config, args.quick, args.data, args.test, parse_seeds(args.seeds))
+    shard = Shard.parse(args.shard)
+    out = bench_out(args.out, args.overwrite)
+    outcome = run_bench(cfg, out, shard, args.quiet, resolve_device(args.device))
+    part = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
+    print(
+        f"{len(outcome.ran)} cells run, {outcome.skipped} already done, of {outcome.cells}{part}; "
+        f"{outcome.trained} models trained; {outcome.seconds:.0f} s"
+    )
+    if outcome.failed:
+        print(f"{len(outcome.failed)} cells diverged (NaN loss); they are marked 'failed' in the table")
+    print("wrote " + ", ".join(str(f) for f in outcome.files))
+    return 0
