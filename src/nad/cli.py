@@ -35,6 +35,9 @@ def command(name: str, help_text: str) -> Callable[[Callable[[argparse.ArgumentP
 
 def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--deterministic", action="store_true", help="reproducible GPU runs: deterministic kernels, no TF32 (slower)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 

@@ -65,7 +65,7 @@ def print_scores(rows: dict[str, Scores | None]) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.deterministic)
     data = open_train_data(args.data, args.stream)
     spec = test_spec(args.data, args.test)
     test = load_data(spec, "test").to(device) if spec else None
@@ -138,7 +138,7 @@ def load_classifier(args: argparse.Namespace) -> Classifier:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.deterministic)
     clf = load_classifier(args).to(device)
     test = load_data(args.data, "test")
     check_fits(clf, test)
@@ -338,7 +338,7 @@ def show_attack(args: argparse.Namespace) -> int:
         raise NadError(f"--out {out}: the folder {out.parent} does not exist")
     if args.count < 1:
         raise NadError(f"--count must be >= 1, got {args.count}")
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.deterministic)
     attack = parse_attack(args.attack)
     data = load_data(args.data, "test")
     attack.check(data.num_classes, data.image_shape)
@@ -385,7 +385,7 @@ def erase_summary(result, args: argparse.Namespace, defense, attack, test: str |
 def run_erase(args: argparse.Namespace) -> int:
     from nad.api import erase, save_erase_outputs, select_clean
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.deterministic)
     clf = load_classifier(args).to(device)
     pool = load_data(args.clean, "train")
     check_fits(clf, pool)
@@ -420,7 +420,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from nad.demo import run_demo as demo
 
     out = out_dir(args.out, args.overwrite)
-    trained, result = demo(out, args.seed, args.quiet, str(resolve_device(args.device)))
+    trained, result = demo(out, args.seed, args.quiet, str(resolve_device(args.device, args.deterministic)))
     print_scores({"backdoored": result.before, "NAD": result.after, "finetune": result.finetune})
     print(f"wrote {out}/results.json, {out}/attention.png and the models in {result.seconds + trained.seconds:.0f} s")
     return 0
@@ -432,7 +432,7 @@ def run_attention(args: argparse.Namespace) -> int:
     from nad.defenses.nad import NADConfig, resolve_layers
     from nad.viz import attention_figure
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.deterministic)
     paths = [args.model, *args.compare]
     models = [load_model(p, args.arch, args.num_classes, args.normalize, args.arch_kwargs).to(device) for p in paths]
     data = load_data(args.data, "test")

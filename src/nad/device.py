@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from nad import distributed
 from nad.errors import NadError
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto", deterministic: bool = False) -> torch.device:
+    """The device named (``auto``: CUDA when available), with its speed or determinism settings applied.
+
+    On CUDA the fast settings are cuDNN autotuning and TF32 matmuls, which make runs differ in the last
+    bits. ``deterministic`` turns them off and asks PyTorch for deterministic kernels instead (slower; an
+    operation without a deterministic kernel then raises). On CPU, runs are bit-identical for a seed and a
+    thread count either way.
+    """
     if name == "auto":
-        return own_gpu(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -18,10 +27,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NadError(f"--device {name}: CUDA is not available here")
     device = own_gpu(device)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible sums
+        torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cuda.matmul.allow_tf32 = not deterministic
+        torch.backends.cudnn.allow_tf32 = not deterministic
     return device
 
 

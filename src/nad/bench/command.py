@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_bench(args.config, args.quick, args.data, args.test, parse_seeds(args.seeds))
     shard = Shard.parse(args.shard)
     out = bench_out(args.out, args.overwrite)
-    outcome = run_bench(cfg, out, shard, args.quiet, resolve_device(args.device))
+    outcome = run_bench(cfg, out, shard, args.quiet, resolve_device(args.device, args.deterministic))
     part = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
     print(
         f"{len(outcome.ran)} cells run, {outcome.skipped} already done, of {outcome.cells}{part}; "
