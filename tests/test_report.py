@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import html.parser
+import json
 import re
 
+import pytest
 import torch
 from PIL import Image
 
@@ -101,3 +103,21 @@ def test_attention_command_draws_one_png_per_call(demo_run, tmp_path):
         assert img.format == "PNG"
         # 4 columns (2 clean, 2 triggered) and 7 rows at 100 dpi
         assert img.size[0] < img.size[1] * 2 and img.size[1] >= 7 * 100
+
+
+def test_erase_logs_the_curves_to_tensorboard(demo_run, tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out, _, _ = demo_run
+    logs = tmp_path / "tb"
+    argv = ["erase", str(out / "backdoored.safetensors"), "--clean", "digits", "--no-baseline", "--epochs", "3"]
+    argv += ["--teacher-epochs", "2", "--curves", "50", "--tensorboard", str(logs), "--out", str(tmp_path / "e")]
+    assert main([*argv, "--quiet"]) == 0
+    runs = event_accumulator.EventAccumulator(str(logs))
+    runs.Reload()
+    tags = set(runs.Tags()["scalars"])
+    assert {"student/acc", "student/asr", "student/ce", "student/at"} <= tags, tags
+    assert [e.step for e in runs.Scalars("student/acc")] == [1, 2, 3]
+    assert len(runs.Scalars("teacher/acc")) == 2, sorted(tags)
+    curves = json.loads((tmp_path / "e" / "results.json").read_text())["curves"]
+    logged = [round(e.value, 2) for e in runs.Scalars("student/acc")]
+    assert logged == [round(r["acc"], 2) for r in curves["student"]]  # the same numbers as the report's curves

@@ -15,6 +15,7 @@ from nad.data.augment import Augment
 from nad.data.dataset import ImageData
 from nad.data.stream import StreamData
 from nad.defenses.base import FineTunedStart
+from nad.errors import NadError
 from nad.metrics import Scores, evaluate
 from nad.models.checkpoint import Classifier, ModelInfo, Normalization, build_classifier
 from nad.training import History, OptimConfig, TrainConfig, train
@@ -103,12 +104,18 @@ class EraseResult:
 
 
 class CurveRecorder:
-    """Records each defense phase's per-epoch losses and, when given a test subset, its ACC and ASR."""
+    """Records each defense phase's per-epoch losses and, when given a test subset, its ACC and ASR.
 
-    def __init__(self, test: ImageData | None = None, attack: Attack | None = None) -> None:
+    With ``tensorboard`` (a folder) the same scalars are also logged there, as ``PHASE/NAME`` per epoch.
+    """
+
+    def __init__(
+        self, test: ImageData | None = None, attack: Attack | None = None, tensorboard: Path | None = None
+    ) -> None:
         self.test = test
         self.attack = attack
         self.curves: dict[str, list[dict[str, float]]] = {}
+        self.writer = tensorboard_writer(tensorboard) if tensorboard is not None and distributed.is_main() else None
 
     def __call__(self, phase: str, epoch: int, losses: dict[str, float], model: Classifier) -> None:
         row: dict[str, float] = {"epoch": epoch + 1, **losses}
@@ -118,12 +125,29 @@ class CurveRecorder:
             if scores.asr is not None:
                 row["asr"] = scores.asr
         self.curves.setdefault(phase, []).append(row)
+        if self.writer is not None:
+            for name, value in row.items():
+                if name != "epoch":
+                    self.writer.add_scalar(f"{phase}/{name}", value, epoch + 1)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def tensorboard_writer(folder: Path) -> Any:
+    """A ``SummaryWriter`` for ``folder``; TensorBoard is an optional dependency (``pip install nad[tensorboard]``)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise NadError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(log_dir=str(folder))
 
 
 def select_clean(pool: ImageData, ratio: float, seed: int) -> ImageData:
     """The defense's clean set D: a seeded, class-stratified ``ratio`` share of ``pool``."""
     from nad.data.dataset import stratified_split
-    from nad.errors import NadError
 
     if len(pool) == 0:
         raise NadError(f"{pool.name}: the clean data is empty")
@@ -151,12 +175,14 @@ def erase(
     baseline: bool = True,
     quiet: bool = False,
     curve_subset: int = 0,
+    tensorboard: Path | None = None,
 ) -> EraseResult:
     """Purify ``model`` with ``defense`` (NAD by default) on the clean set ``clean``.
 
     With ``baseline``, plain fine-tuning runs at the same budget beside it, so the two can be compared.
     Scores are measured once before and once after, on ``test`` when given; with ``curve_subset`` > 0 also
-    after every epoch, on a fixed, seeded subset of that many test images.
+    after every epoch, on a fixed, seeded subset of that many test images. ``tensorboard`` (a folder) logs
+    the per-epoch curves there too.
     """
     from nad.defenses import NAD, FineTune
 
@@ -165,7 +191,8 @@ def erase(
     defense.check(model, clean)
     score = (lambda m: evaluate(m, test, attack)) if test is not None else (lambda m: None)
     before = score(model)
-    recorder = CurveRecorder(fixed_subset(test, curve_subset) if test is not None and curve_subset else None, attack)
+    subset = fixed_subset(test, curve_subset) if test is not None and curve_subset else None
+    recorder = CurveRecorder(subset, attack, tensorboard)
     finetune, baseline_seconds, extra = None, None, {}
     if baseline and not isinstance(defense, FineTune):
         budget = getattr(defense.config, "train", None)
@@ -187,6 +214,7 @@ def erase(
         start_from = defense.fine_tuned_start()
         if start_from is not None:
             repair.log[f"{start_from.argument}_from_baseline"] = bool(extra)
+    recorder.close()
     seconds = time.perf_counter() - start
     return EraseResult(repair.model, before, after, finetune, repair.log, len(clean), seconds, recorder.curves)
 

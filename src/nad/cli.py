@@ -92,6 +92,7 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attack", help="attack spec to measure ASR (default: the one in the model's sidecar)")
     p.add_argument("--no-baseline", action="store_true", help="skip the fine-tuning baseline run")
     p.add_argument("--curves", type=int, default=0, metavar="N", help="score every epoch on N test images (report)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also log the per-epoch curves to TensorBoard in DIR")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     model_args(p)

@@ -400,7 +400,15 @@ def run_erase(args: argparse.Namespace) -> int:
     clean = select_clean(pool.to(device), args.clean_ratio, args.seed)
     with keep_last_good_model(out):
         result = erase(
-            clf, clean, defense, test, attack, baseline=not args.no_baseline, quiet=args.quiet, curve_subset=args.curves
+            clf,
+            clean,
+            defense,
+            test,
+            attack,
+            baseline=not args.no_baseline,
+            quiet=args.quiet,
+            curve_subset=args.curves,
+            tensorboard=Path(args.tensorboard) if args.tensorboard else None,
         )
     if not distributed.is_main():
         return 0  # under torchrun only rank 0 writes and prints; the others wait for it at a barrier
