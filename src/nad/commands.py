@@ -265,20 +265,26 @@ def config_rows(cfg: Any, prefix: str = "") -> list[tuple[str, str, Any]]:
     return rows
 
 
-def run_defenses(args: argparse.Namespace) -> int:
+def print_registry(registry: dict[str, type], rows_of: Any) -> None:
+    """Each entry's name, its module's first docstring paragraph (the paper), and its parameter rows."""
     import sys
 
-    from nad.defenses import DEFENSES
-
-    for name in sorted(DEFENSES):
-        cls = DEFENSES[name]
+    for name in sorted(registry):
+        cls = registry[name]
         doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().split("\n\n")[0]
         print(f"{name}: {' '.join(doc.split())}")
-        rows = config_rows(cls.Config())
+        rows = rows_of(cls)
         width = max((len(key) for key, _, _ in rows), default=0)
-        for key, type_name, default in rows:
-            print(f"    {key:{width}s}  {type_name:8s} {default!r}")
+        type_width = max((len(kind) for _, kind, _ in rows), default=0)
+        for key, kind, default in rows:
+            print(f"    {key:{width}s}  {kind:{type_width}s}  {default!r}")
         print()
+
+
+def run_defenses(args: argparse.Namespace) -> int:
+    from nad.defenses import DEFENSES
+
+    print_registry(DEFENSES, lambda cls: config_rows(cls.Config()))
     print("set any of them with --defense NAME:key=value,group.key=value (e.g. anp:iterations=500)")
     return 0
 
@@ -288,35 +294,13 @@ def run_attacks(args: argparse.Namespace) -> int:
         return show_attack(args)
     if args.attack:
         raise NadError(f"nad attacks list takes no attack (to draw one: nad attacks show {args.attack} ...)")
-    import sys
-    import typing
-
     from nad.attacks import ATTACKS
     from nad.spec import describe
 
-    for name in sorted(ATTACKS):
-        cls = ATTACKS[name]
-        doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().split("\n\n")[0]
-        print(f"{name}: {' '.join(doc.split())}")
-        hints = typing.get_type_hints(cls)
-        rows = [(key, literal_choices(hints[key]) or type_name, default) for key, type_name, default in describe(cls)]
-        width = max((len(key) for key, _, _ in rows), default=0)
-        type_width = max((len(type_name) for _, type_name, _ in rows), default=0)
-        for key, type_name, default in rows:
-            print(f"    {key:{width}s}  {type_name:{type_width}s}  {default!r}")
-        print()
+    print_registry(ATTACKS, describe)
     print("set any of them with --attack NAME:key=value,... (e.g. badnets:target=5,pattern=square)")
     print("draw one with nad attacks show NAME[:key=value,...] --data DATA --out FILE.png")
     return 0
-
-
-def literal_choices(hint: Any) -> str | None:
-    """``"a|b|c"`` for a ``Literal["a", "b", "c"]`` type, else None."""
-    import typing
-
-    if typing.get_origin(hint) is typing.Literal:
-        return "|".join(map(str, typing.get_args(hint)))
-    return None
 
 
 def show_attack(args: argparse.Namespace) -> int:

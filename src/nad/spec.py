@@ -94,6 +94,12 @@ def describe(cls: type) -> list[tuple[str, str, Any]]:
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        type_name = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
-        rows.append((f.name, type_name, default))
+        rows.append((f.name, type_name(hints[f.name]), default))
     return rows
+
+
+def type_name(hint: Any) -> str:
+    """``int``, ``float | None``, or the choices of a ``Literal`` as ``a|b|c``."""
+    if typing.get_origin(hint) is typing.Literal:
+        return "|".join(map(str, typing.get_args(hint)))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
