@@ -172,6 +172,7 @@ def test_fine_pruning_mask_survives_save_and_load(setup: Setup, tmp_path) -> Non
     seen = {}
     handle = bn.register_forward_hook(lambda _m, _i, out: seen.setdefault("out", out))
     loaded.module.eval()
+    repair.model.module.eval()  # compare both in eval mode, whichever tests ran (and left the model) before
     with torch.no_grad():
         logits = loaded(setup.test.x[:32])
     handle.remove()
