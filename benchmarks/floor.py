@@ -59,6 +59,12 @@ def rates(device: torch.device, batch: int, steps: int, precision: str, channels
     return {"train_img_s": batch / train_s, "forward_img_s": batch / fwd_s, "eval_img_s": 1000 / eval_s}
 
 
+def erase_floor(r: dict[str, float]) -> float:
+    """Seconds the NAD workload would take at the bare rates ``r`` (from :func:`rates`)."""
+    train_images = CLEAN * (TEACHER_EPOCHS + NAD_EPOCHS)
+    return train_images / r["train_img_s"] + CLEAN * NAD_EPOCHS / r["forward_img_s"] + EVAL_IMAGES / r["eval_img_s"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -69,8 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     r = rates(device, args.batch, args.steps, args.precision, args.channels_last)
-    train_images = CLEAN * (TEACHER_EPOCHS + NAD_EPOCHS)
-    floor = train_images / r["train_img_s"] + CLEAN * NAD_EPOCHS / r["forward_img_s"] + EVAL_IMAGES / r["eval_img_s"]
+    floor = erase_floor(r)
     name = f"floor-{device.type}-{args.precision}" + ("-cl" if args.channels_last else "")
     report(name, {"config": vars(args), **{k: round(v, 1) for k, v in r.items()}, "erase_floor_s": round(floor, 1)})
 

@@ -56,7 +56,9 @@ CONFIGS = {
     "fine_pruning": lambda: FinePruning(FinePruningConfig(train=FT)),
     "mcr": lambda: MCR(MCRConfig(train=FT, curve=replace(CURVE_TRAIN, epochs=20, batch_size=16, augment=DIGITS_AUG))),
     "nad": lambda: NAD(replace(from_mapping(DemoConfig, load_yaml("demo")).nad, teacher_epochs=5)),
-    "anp": lambda: ANP(ANPConfig(iterations=200, batch_size=32, augment=DIGITS_AUG)),
+    # ANP at 200 iterations ends anywhere from 14 % to 88 % ASR here, by seed and float summation order; 400 is
+    # below 50 % for each seed tried (25 %, 31 %). The paper runs 2,000.
+    "anp": lambda: ANP(ANPConfig(iterations=400, batch_size=32, augment=DIGITS_AUG)),
     "ibau": lambda: IBAU(IBAUConfig()),
 }
 #: Measured on this model (demo preset, seed 0): these two fall short of the bar on the digits. Not tuned away.

@@ -72,8 +72,6 @@ def train_model(
         attack.spec() if attack else None,
     )
     clf = build_classifier(info).to(data.device)
-    if cfg.channels_last:
-        clf.module.to(memory_format=torch.channels_last)
     poisoned = None
     if isinstance(data, StreamData) and attack is not None:
         data, poisoned = data.poisoned(attack)

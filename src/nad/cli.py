@@ -50,6 +50,16 @@ def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalize", help="input normalisation: none, cifar10, imagenet, gtsrb, or 'm,m,m;s,s,s'")
 
 
+def precision_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (faster, opt-in)")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels-last layout for convolutions (default: on; the same arithmetic, faster)",
+    )
+
+
 def out_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument("--out", required=default is None, default=default, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="allow writing into an existing non-empty --out")
@@ -67,8 +77,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="default 0.1")
     p.add_argument("--normalize", help="input normalisation (default: per dataset, e.g. cifar10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--channels-last", action="store_true")
+    precision_args(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last epoch")
     p.add_argument("--stream", action="store_true", help="read a folder: dataset batch by batch (automatic when large)")
     out_args(p)
@@ -94,7 +103,7 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--curves", type=int, default=0, metavar="N", help="score every epoch on N test images (report)")
     p.add_argument("--tensorboard", metavar="DIR", help="also log the per-epoch curves to TensorBoard in DIR")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    precision_args(p)
     model_args(p)
     out_args(p)
     common(p)

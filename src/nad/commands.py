@@ -173,10 +173,11 @@ def parse_list(text: str | None, kind: type, what: str) -> tuple:
 def defense_from_args(args: argparse.Namespace):  # -> Defense
     """``--defense NAME[:key=value,...]``: the defense's ``Config`` defaults, then the generic flags.
 
-    ``--seed``, ``--precision`` and ``--epochs`` go to the config's ``train`` schedule (or the config itself when
-    it is a ``TrainConfig``), ``--seed`` also to a top-level ``seed``; ``--teacher-epochs``, ``--layers``,
-    ``--betas`` and ``--p`` to the fields of those names. ``key=value`` pairs set any field, nested ones with
-    dots (``anp:iterations=500``, ``mcr:t=0.4,curve.epochs=50``). A flag the defense has no field for is refused.
+    ``--seed``, ``--precision``, ``--channels-last`` and ``--epochs`` go to the config's ``train`` schedule (or
+    the config itself when it is a ``TrainConfig``), ``--seed`` also to a top-level ``seed``;
+    ``--teacher-epochs``, ``--layers``, ``--betas`` and ``--p`` to the fields of those names. ``key=value``
+    pairs set any field, nested ones with dots (``anp:iterations=500``, ``mcr:t=0.4,curve.epochs=50``). A flag
+    the defense has no field for is refused.
     """
     import dataclasses
 
@@ -189,7 +190,7 @@ def defense_from_args(args: argparse.Namespace):  # -> Defense
     cfg = cls.Config()
 
     def schedule(train: TrainConfig) -> TrainConfig:
-        train = replace(train, seed=args.seed, precision=args.precision)
+        train = replace(train, seed=args.seed, precision=args.precision, channels_last=args.channels_last)
         return train if args.epochs is None else replace(train, epochs=args.epochs)
 
     if isinstance(cfg, TrainConfig):

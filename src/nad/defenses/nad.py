@@ -32,7 +32,7 @@ from nad.defenses.registry import register_defense
 from nad.errors import NadError
 from nad.models.checkpoint import Classifier
 from nad.models.registry import MODELS
-from nad.training import TrainConfig, freeze, train
+from nad.training import TrainConfig, freeze, layout, train
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,7 @@ class NAD(Defense):
             ).epochs
         log["seconds"]["teacher"] = time.perf_counter() - start
         freeze(teacher.module)
+        teacher.module.to(memory_format=layout(cfg.train))  # a given teacher runs as fast as the student
         start = time.perf_counter()
         student = model.clone()
         with AttentionDistillationLoss(student.module, teacher.module, layers, betas, cfg.p, cfg.reduce) as loss:

@@ -128,8 +128,14 @@ class Classifier:
 
 
 def build_classifier(info: ModelInfo) -> Classifier:
+    """A fresh module for ``info``, its 4-D weights in channels-last layout.
+
+    Channels-last is the layout oneDNN and cuDNN run convolutions fastest in: on the 2-core CPU machine it makes
+    WRN-16-1's fp32 training step 1.4x and its evaluation 2.5x faster (docs/performance.md). Convolutions follow
+    the weights' layout, so inputs need no conversion; the arithmetic is the same up to summation order.
+    """
     module = create_model(info.arch, info.num_classes, info.input_size[0], **info.arch_kwargs)
-    return Classifier(module, info)
+    return Classifier(module.to(memory_format=torch.channels_last), info)
 
 
 def save_model(clf: Classifier, out_dir: str | Path, stem: str = "model") -> Path:
