@@ -1,7 +1,7 @@
 """(d) Training throughput of ``nad train`` (the real loop: gather, augment, normalise, step) against the
 bare training step on random tensors.
 
-    python -m benchmarks.train --data CIFAR_ROOT [--images 10000] [--precision bf16] [--channels-last]
+    python -m benchmarks.train --data CIFAR_ROOT [--images 10000] [--precision bf16] [--no-channels-last]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--images", type=int, default=10_000, help="training images per timed epoch")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)  # as nad train
     args = parser.parse_args()
     device = torch.device(args.device)
     data = load_data(f"cifar10:{args.data}:train")
