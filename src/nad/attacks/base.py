@@ -111,10 +111,16 @@ class Attack:
     def poison(self, data: ImageData) -> PoisonResult:
         """Poison the training set: trigger (and, for label-flip attacks, relabel) a seeded random subset."""
         self.check(data.num_classes, data.image_shape)
+        return self.poison_at(data, self.choose(data, torch.Generator().manual_seed(self.seed)))
+
+    def choose(self, data: ImageData, gen: torch.Generator) -> Tensor:
+        """The sorted indices to poison: ``poison_count`` of the candidates, drawn from ``gen``."""
         candidates = self.poison_candidates(data)
-        gen = torch.Generator().manual_seed(self.seed)
         count = self.poison_count(data, candidates)
-        chosen = torch.sort(candidates[torch.randperm(len(candidates), generator=gen)[:count]]).values
+        return torch.sort(candidates[torch.randperm(len(candidates), generator=gen)[:count]]).values
+
+    def poison_at(self, data: ImageData, chosen: Tensor) -> PoisonResult:
+        """A copy of ``data`` with the images at ``chosen`` triggered (and relabelled, unless clean-label)."""
         x, y = data.x.clone(), data.y.clone()
         chosen_dev = chosen.to(x.device)
         x[chosen_dev] = self.poison_images(x[chosen_dev], y[chosen_dev])

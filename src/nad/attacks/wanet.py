@@ -100,19 +100,15 @@ class WaNet(Attack):
         """Warp and relabel ``rate`` of the set; warp ``cross_ratio * rate`` more with noise, labels kept."""
         self.check(data.num_classes, data.image_shape)
         gen = torch.Generator().manual_seed(self.seed)
-        candidates = self.poison_candidates(data)
-        order = candidates[torch.randperm(len(candidates), generator=gen)]
-        count = self.poison_count(data, candidates)
-        chosen = torch.sort(order[:count]).values
+        chosen = self.choose(data, gen)
+        result = self.poison_at(data, chosen)
         rest = torch.ones(len(data), dtype=torch.bool)
         rest[chosen] = False
         others = torch.nonzero(rest).flatten()
-        cross_count = min(len(others), round(self.cross_ratio * count))
+        cross_count = min(len(others), round(self.cross_ratio * len(chosen)))
         cross = torch.sort(others[torch.randperm(len(others), generator=gen)[:cross_count]]).values
-        x, y = data.x.clone(), data.y.clone()
         _, h, w = data.image_shape
-        dev = x.device
-        x[chosen.to(dev)] = self.apply(x[chosen.to(dev)])
-        y[chosen.to(dev)] = self.target_labels(y[chosen.to(dev)], data.num_classes)
-        x[cross.to(dev)] = warp(x[cross.to(dev)], self.cross_grids(cross_count, h, w, gen).to(dev))
-        return PoisonResult(data.with_images(x, y, name=f"{data.name}+{self.name}"), chosen)
+        x = result.data.x  # a copy owned by ``result``: the noise-mode images are warped into it in place
+        cross = cross.to(x.device)
+        x[cross] = warp(x[cross], self.cross_grids(cross_count, h, w, gen).to(x.device))
+        return result
