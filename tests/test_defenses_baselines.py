@@ -144,6 +144,7 @@ def test_last_conv_of_wrn_is_block3_last_conv2() -> None:
 )
 def test_defense_keeps_accuracy_and_cuts_asr(setup: Setup, name: str) -> None:
     repair = repaired(setup, name)
+    assert not any(m.training for m in repair.model.module.modules())  # handed back ready for inference
     after = evaluate(repair.model, setup.test, setup.attack)
     print(f"{name}: ACC {setup.before.acc:.1f} -> {after.acc:.1f}, ASR {setup.before.asr:.1f} -> {after.asr:.1f}")
     for key, value in setup.model.module.state_dict().items():  # the input model is left untouched

@@ -16,8 +16,13 @@ Monitor = Callable[[str, int, dict[str, float], Classifier], None]
 
 @dataclass(frozen=True)
 class Repair:
+    """A defense's result: the purified model, in eval mode (ready to score or save), and its log."""
+
     model: Classifier
     log: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model.module.eval()  # every defense trains; none should hand back BatchNorm in training mode
 
 
 @dataclass(frozen=True)
