@@ -180,6 +180,20 @@ def test_shards_share_the_grid_and_merge(bench_run, tmp_path):
     assert sorted(r["id"] for r in lines_of(out / RESULTS)) == sorted(c.id for c in expand(cfg))
 
 
+def test_report_only_renders_a_partial_grid_and_runs_nothing(bench_run, tmp_path, capsys):
+    cfg = bench_run[0]
+    out = copy_run(bench_run, tmp_path)
+    lines = (out / RESULTS).read_text().splitlines(keepends=True)
+    (out / RESULTS).write_text("".join(lines[:3]))  # as if the run were still on its last cell
+    (out / "results.md").unlink()
+    outcome = run_bench(cfg, out, quiet=True, report_only=True)
+    assert outcome.ran == [] and outcome.skipped == 3 and outcome.trained == 0
+    assert len(lines_of(out / RESULTS)) == 3
+    assert "3 of 4 finished" in (out / "results.md").read_text()
+    with pytest.raises(NadError, match="nothing to report"):
+        run_bench(cfg, tmp_path / "empty", quiet=True, report_only=True)
+
+
 def test_measure_matches_evaluate(bench_run):
     from nad.bench.cache import ModelCache
     from nad.bench.run import measure

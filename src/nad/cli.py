@@ -164,6 +164,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the preset's quick variant: fewer epochs, less data")
     p.add_argument("--shard", help="I/N: run only the I-th of N parts of the grid (1 <= I <= N), e.g. for job arrays")
     p.add_argument("--seeds", help="comma-separated seeds (replaces the preset's)")
+    p.add_argument(
+        "--report-only", action="store_true", help="run nothing: write results.md and report.html from finished cells"
+    )
     out_args(p)
     common(p)
 

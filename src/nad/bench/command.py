@@ -36,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_bench(args.config, args.quick, args.data, args.test, parse_seeds(args.seeds))
     shard = Shard.parse(args.shard)
     out = bench_out(args.out, args.overwrite)
-    outcome = run_bench(cfg, out, shard, args.quiet, resolve_device(args.device, args.deterministic))
+    device = resolve_device(args.device, args.deterministic)
+    outcome = run_bench(cfg, out, shard, args.quiet, device, report_only=args.report_only)
+    if args.report_only:
+        print(f"{outcome.skipped} of {outcome.cells} cells finished; wrote " + ", ".join(map(str, outcome.files)))
+        return 0
     part = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
     print(
         f"{len(outcome.ran)} cells run, {outcome.skipped} already done, of {outcome.cells}{part}; "

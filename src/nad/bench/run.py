@@ -25,6 +25,7 @@ from nad.bench.grid import Cell, Shard, expand, resolve_attack, study_cells
 from nad.bench.render import write_outputs
 from nad.bench.results import ResultStore, attack_labels, defense_label, read_rows, study_table
 from nad.data import ImageData, load_data, stratified_split
+from nad.errors import NadError
 from nad.io import write_json
 from nad.metrics import Scores, defense_effectiveness, predict
 from nad.models import Classifier
@@ -238,14 +239,37 @@ class Progress:
         self.bar.close()
 
 
+def render(cfg: BenchConfig, out: Path, cells: list[Cell]) -> list[Path]:
+    """Write ``results.md`` and ``report.html`` from every finished cell in ``out``; pending ones marked."""
+    rows = read_rows(out)
+    tables = [study_table(cfg, study, study_cells(cfg, study), rows) for study in cfg.all_studies()]
+    grid = {c.id for c in cells}
+    return write_outputs(out, cfg, tables, {k: v for k, v in rows.items() if k in grid})
+
+
 def run_bench(
-    cfg: BenchConfig, out: Path, shard: Shard | None = None, quiet: bool = False, device: torch.device | str = "cpu"
+    cfg: BenchConfig,
+    out: Path,
+    shard: Shard | None = None,
+    quiet: bool = False,
+    device: torch.device | str = "cpu",
+    report_only: bool = False,
 ) -> Outcome:
-    """Run this shard's unfinished cells of ``cfg`` into ``out``, then render every finished one."""
+    """Run this shard's unfinished cells of ``cfg`` into ``out``, rendering the tables after each one.
+
+    With ``report_only``, run nothing: render what has finished (e.g. while another process runs the grid).
+    """
     start = time.perf_counter()
     shard = shard or Shard()
     cells = expand(cfg)
     mine = shard.select(cells)
+    if report_only:
+        if not (out / "bench.json").is_file():
+            raise NadError(f"--out {out}: no bench has run there yet, so there is nothing to report")
+        rows = read_rows(out)
+        outcome = Outcome(len(mine), sum(c.id in rows for c in mine), files=render(cfg, out, cells))
+        outcome.seconds = time.perf_counter() - start
+        return outcome
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", {"config": dataclasses.asdict(cfg), "cells": len(cells)})
     store = ResultStore(out, shard)
@@ -269,12 +293,10 @@ def run_bench(
                 if row["error"]:
                     outcome.failed.append(cell.id)
                 progress.finish(cell, row)
+                render(cfg, out, cells)  # the tables follow a long run cell by cell
         finally:
             progress.close()
     outcome.trained = cache.trained
-    rows = read_rows(out)
-    tables = [study_table(cfg, study, study_cells(cfg, study), rows) for study in cfg.all_studies()]
-    grid = {c.id for c in cells}
-    outcome.files = write_outputs(out, cfg, tables, {k: v for k, v in rows.items() if k in grid})
+    outcome.files = render(cfg, out, cells)
     outcome.seconds = time.perf_counter() - start
     return outcome
