@@ -165,6 +165,8 @@ def train(
     """
     module = clf.module
     device = data.device
+    memory_format = layout(cfg)
+    module.to(memory_format=memory_format)  # before the optimiser, so that its buffers take the same layout
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.SGD(
         params,
@@ -192,8 +194,6 @@ def train(
         leave=False,
         dynamic_ncols=True,
     )
-    memory_format = layout(cfg)
-    module.to(memory_format=memory_format)
     model = distributed.wrap(module, device)  # DDP for several processes, for this loop only
     for epoch in range(first, cfg.epochs):
         module.train()
