@@ -239,6 +239,8 @@ def test_erase_builds_every_defense_config() -> None:
         defense = defense_from_args(_erase_args(name, "--seed", "3"))
         assert type(defense) is DEFENSES[name]
     assert defense_from_args(_erase_args("finetune", "--epochs", "4")).config.epochs == 4
+    assert defense_from_args(_erase_args("nad")).config.train.channels_last
+    assert not defense_from_args(_erase_args("nad", "--no-channels-last")).config.train.channels_last
     mcr = defense_from_args(_erase_args("mcr:t=0.4,curve.epochs=7", "--seed", "2", "--epochs", "5")).config
     assert (mcr.t, mcr.curve.epochs, mcr.curve.batch_size, mcr.train.epochs, mcr.train.seed) == (0.4, 7, 128, 5, 2)
     anp = defense_from_args(_erase_args("anp:iterations=50,augment.flip=false")).config
