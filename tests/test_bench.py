@@ -415,3 +415,14 @@ def test_a_diverging_defense_is_recorded_as_failed(bench_run, tmp_path):
     assert "non-finite" in failed["error"] and failed["acc"] is None and failed["der"] is None
     assert "| failed |" in (out / "results.md").read_text()
     assert run_bench(cfg, out, quiet=True).ran == []  # a failure is a result: not run again
+
+
+def test_paired_differences_name_each_seed():
+    from nad.bench.results import Entry, paired_text
+
+    def entry(asrs: dict[int, float]) -> Entry:
+        return Entry.of([{"seed": s, "acc": 80.0, "asr": v} for s, v in asrs.items()], 0, 0)
+
+    nad, ft = entry({0: 30.0, 1: 60.0, 2: 50.0}), entry({0: 50.0, 1: 80.0, 2: 45.0, 3: 10.0})
+    assert paired_text("ASR", nad, ft) == "; ASR per seed -20.0, -20.0, +5.0 (lower on 2 of 3 seeds)"
+    assert paired_text("ASR", entry({0: 1.0}), ft) == ""  # one shared seed: nothing to pair

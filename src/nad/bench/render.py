@@ -14,7 +14,9 @@ from nad.io import write_text
 
 SPREAD_RULE = (
     "A gap is *larger than the spread* when it exceeds the sum of the two standard deviations over seeds "
-    "(the ±1 std intervals do not overlap); otherwise the seeds cannot tell the two defenses apart."
+    "(the ±1 std intervals do not overlap); otherwise the seeds cannot tell the two defenses apart. The two "
+    "defenses of one seed share the backdoored model and the clean subset, so the per-seed differences are paired: "
+    "a sign that holds on every seed is weaker evidence than a gap beyond the spread, but not none."
 )
 
 

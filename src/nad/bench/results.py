@@ -130,13 +130,15 @@ class Entry:
     der: Stat | None = None
     failed: int = 0
     pending: int = 0
+    by_seed: dict[int, dict[str, Any]] = field(default_factory=dict, compare=False)  # seed -> its row
 
     @classmethod
     def of(cls, scores: list[dict[str, Any]], failed: int, pending: int) -> Entry:
         def stat(key: str) -> Stat | None:
             return Stat.of(s.get(key) for s in scores)
 
-        return cls(stat("acc"), stat("asr"), stat("ra"), stat("der"), failed, pending)
+        seeds = {int(s["seed"]): s for s in scores if s.get("seed") is not None}
+        return cls(stat("acc"), stat("asr"), stat("ra"), stat("der"), failed, pending, seeds)
 
 
 @dataclass(frozen=True)
@@ -235,8 +237,24 @@ def compare(study: Study, row: TableRow, defenses: list[str]) -> list[str]:
             continue
         gaps = [gap_text("ASR", ours.asr, entry.asr), gap_text("ACC", ours.acc, entry.acc)]
         if all(gaps):
-            parts.append(f"{defense_label(base)} vs {defense_label(defense)}: {gaps[0]}; {gaps[1]}")
+            paired = paired_text("ASR", ours, entry)
+            parts.append(f"{defense_label(base)} vs {defense_label(defense)}: {gaps[0]}; {gaps[1]}{paired}")
     return [f"{row.label}: {part}" for part in parts]
+
+
+def paired_text(metric: str, a: Entry, b: Entry) -> str:
+    """The per-seed differences of ``metric`` where both defenses ran a seed (the same clean subset), and on
+    how many seeds ``a`` was lower: a consistent sign is evidence the unpaired spread rule cannot see."""
+    key = metric.lower()
+    seeds = sorted(
+        s for s in a.by_seed.keys() & b.by_seed.keys() if None not in (a.by_seed[s].get(key), b.by_seed[s].get(key))
+    )
+    if len(seeds) < 2:
+        return ""
+    diffs = [float(a.by_seed[s][key]) - float(b.by_seed[s][key]) for s in seeds]
+    lower = sum(d < 0 for d in diffs)
+    listed = ", ".join(f"{d:+.1f}" for d in diffs)
+    return f"; {metric} per seed {listed} (lower on {lower} of {len(seeds)} seeds)"
 
 
 def gap_text(metric: str, a: Stat | None, b: Stat | None) -> str:
