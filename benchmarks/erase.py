@@ -22,6 +22,7 @@ from benchmarks.common import report, sync
 from benchmarks.floor import erase_floor, rates
 from nad.api import erase, select_clean
 from nad.attacks import parse_attack
+from nad.cli import precision_args
 from nad.data import load_data
 from nad.defenses import NAD, NADConfig
 from nad.models import load_model
@@ -39,8 +40,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--data", required=True, help="folder holding cifar-10-batches-py")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    precision_args(parser)  # --precision and --channels-last, as nad train and nad erase take them
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--baseline", action="store_true", help="also run the fine-tuning baseline")
     args = parser.parse_args()

@@ -15,6 +15,7 @@ from benchmarks.common import report, timed
 from benchmarks.floor import rates
 from nad.api import SCRATCH, train_model
 from nad.attacks import parse_attack
+from nad.cli import precision_args
 from nad.data import load_data
 from nad.models import parse_normalize
 
@@ -24,8 +25,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="folder holding cifar-10-batches-py")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--images", type=int, default=10_000, help="training images per timed epoch")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)  # as nad train
+    precision_args(parser)  # --precision and --channels-last, as nad train and nad erase take them
     args = parser.parse_args()
     device = torch.device(args.device)
     data = load_data(f"cifar10:{args.data}:train")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -266,7 +266,7 @@ def config_rows(cfg: Any, prefix: str = "") -> list[tuple[str, str, Any]]:
     return rows
 
 
-def print_registry(registry: dict[str, type], rows_of: Any) -> None:
+def print_registry(registry: dict[str, type], rows_of: Callable[[type], list[tuple[str, str, Any]]]) -> None:
     """Each entry's name, its module's first docstring paragraph (the paper), and its parameter rows."""
     import sys
 
