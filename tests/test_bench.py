@@ -23,6 +23,7 @@ from nad.bench.config import Study
 from nad.bench.grid import study_cells
 from nad.bench.render import markdown, report_html
 from nad.bench.results import RESULTS, read_rows, study_table
+from nad.bench.run import clock
 from nad.cli import COMMANDS, main
 from nad.config import preset_names
 from nad.data import load_data
@@ -164,6 +165,21 @@ def test_resume_runs_only_the_missing_cell(bench_run, tmp_path):
     assert sorted(ids) == sorted(c.id for c in expand(cfg))
     again = run_bench(cfg, out, quiet=True)
     assert again.ran == [] and again.skipped == 4
+
+
+def test_a_resumed_grid_estimates_the_time_left_from_the_cells_already_finished(bench_run):
+    from nad.bench.cache import ModelCache
+    from nad.bench.run import Progress
+
+    cfg, out, _ = bench_run
+    cells, rows = expand(cfg), read_rows(out)
+    done, todo = cells[:3], cells[3:]
+    fresh = Progress(cells, todo, ModelCache(out / "models"), quiet=True)
+    assert fresh.eta() == "?"  # nothing measured in this process yet
+    resumed = Progress(cells, todo, ModelCache(out / "models"), quiet=True, finished=(rows[c.id] for c in done))
+    same_defense = [rows[c.id]["seconds"] for c in done if c.defense_name == todo[0].defense_name]
+    assert resumed.eta() == clock(sum(same_defense) / len(same_defense))
+    assert resumed.model_times == [rows[c.id]["model_seconds"] for c in done if rows[c.id]["model_trained"]]
 
 
 def test_shards_share_the_grid_and_merge(bench_run, tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,10 +177,18 @@ class Progress:
 
     The estimate counts model training apart: (models still to train) x (mean training time so far) plus,
     for every cell left, the mean time of the finished cells of its defense (of all cells, for a defense not
-    yet seen).
+    yet seen). "So far" includes the ``finished`` rows of earlier runs, so a resumed grid shows an estimate
+    from its first cell on.
     """
 
-    def __init__(self, cells: list[Cell], todo: list[Cell], cache: ModelCache, quiet: bool) -> None:
+    def __init__(
+        self,
+        cells: list[Cell],
+        todo: list[Cell],
+        cache: ModelCache,
+        quiet: bool,
+        finished: Iterable[dict[str, Any]] = (),
+    ) -> None:
         self.bar = tqdm(
             total=len(cells),
             initial=len(cells) - len(todo),
@@ -195,6 +203,14 @@ class Progress:
         self.model_times: list[float] = []
         self.labels = attack_labels(dict.fromkeys(c.attack for c in cells))
         self.cell_bar: tqdm | None = None
+        for row in finished:
+            self.learn(row)
+
+    def learn(self, row: dict[str, Any]) -> None:
+        """Add a finished cell's wall time (and its model's, if the cell trained it) to the estimate."""
+        self.cell_times.setdefault(row["defense"], []).append(row["seconds"])
+        if row["model_trained"]:
+            self.model_times.append(row["model_seconds"])
 
     def start(self, cell: Cell) -> Callable[[str], None]:
         """Open the cell's bar; returns the function that moves it on to a named phase."""
@@ -209,9 +225,7 @@ class Progress:
         if self.cell_bar is not None:
             self.cell_bar.close()
         self.todo.remove(cell)
-        self.cell_times.setdefault(cell.defense_name, []).append(row["seconds"])
-        if row["model_trained"]:
-            self.model_times.append(row["model_seconds"])
+        self.learn(row)
         self.untrained.discard(cell.model.key)
         self.bar.update()
         self.bar.set_postfix_str(f"left {self.eta()}")
@@ -284,7 +298,7 @@ def run_bench(
     cache = ModelCache(out / "models")
     if todo:
         runner = Runner(cfg, load_bench_data(cfg, device), cache, quiet)
-        progress = Progress(mine, todo, cache, quiet)
+        progress = Progress(mine, todo, cache, quiet, finished=(rows[c.id] for c in mine if c.id in rows))
         try:
             for cell in list(todo):
                 row = runner.run(cell, progress.start(cell))
