@@ -21,7 +21,7 @@ from PIL import Image
 from nad.bench import BenchConfig, Shard, expand, load_bench, run_bench
 from nad.bench.config import Study
 from nad.bench.grid import study_cells
-from nad.bench.render import markdown, report_html
+from nad.bench.render import NONTARGET_CAPTION, markdown, report_html
 from nad.bench.results import RESULTS, read_rows, study_table
 from nad.bench.run import clock
 from nad.cli import COMMANDS, main
@@ -236,8 +236,9 @@ def synthetic_rows(cfg: BenchConfig) -> dict[str, dict]:
     rows = {}
     for cell in expand(cfg):
         jitter = 0.5 * cell.seed
-        before = {"acc": 85.0 + jitter, "asr": 100.0, "ra": 0.0}
+        before = {"acc": 85.0 + jitter, "asr": 100.0, "ra": 0.0, "acc_nontarget": 84.0 + jitter}
         scores = {"acc": 82.0 + 2 * jitter, "asr": asr[cell.defense] + jitter, "ra": 70.0, "der": 0.9}
+        scores["acc_nontarget"] = scores["acc"] - 1.0
         rows[cell.id] = {"id": cell.id, **scores, "before": before, "seconds": 1.0, "error": None}
     return rows
 
@@ -253,11 +254,18 @@ def test_results_md_table_spread_and_reference(tmp_path):
     header = next(line for line in text.splitlines() if line.startswith("| attack |"))
     assert header == "| attack | Before | FT | NAD |"
     assert "| badnets | 85.5 ± 0.5 / 100.0 ± 0.0 | 83.0 ± 1.0 / 20.5 ± 0.5 | 83.0 ± 1.0 / 4.5 ± 0.5 |" in text
-    assert "| badnets (reference) | 85.65 / 100.00 | 82.32 / 18.13 | 82.12 / 3.57 |" in text
+    reference = "| badnets (reference) | 85.65 / 100.00 | 82.32 / 18.13 | 82.12 / 3.57 |"
+    # the reference's ACC leaves the target class out: its row stands beside ours measured the same way
+    acc_part, nontarget_part = text.split(NONTARGET_CAPTION)
+    assert reference not in acc_part and reference in nontarget_part
+    assert "| badnets | 84.5 ± 0.5 / 100.0 ± 0.0 | 82.0 ± 1.0 / 20.5 ± 0.5 | 82.0 ± 1.0 / 4.5 ± 0.5 |" in nontarget_part
     assert "| blend (reference)" not in text  # published numbers exist for BadNets only
-    assert "non-target test images" in text
     assert "badnets: NAD vs FT: ASR -16.0 points, larger than the spread (1.0); ACC +0.0 points, smaller" in text
     assert "0.90" in text  # DER
+    older = {k: {**v, "acc_nontarget": None, "before": {**v["before"], "acc_nontarget": None}} for k, v in rows.items()}
+    tables = [study_table(cfg, s, study_cells(cfg, s), older) for s in cfg.all_studies()]
+    text = markdown(cfg, tables, older)  # results recorded before ACC on the non-target images was
+    assert NONTARGET_CAPTION not in text and reference in text
     partial = {k: v for i, (k, v) in enumerate(rows.items()) if i % 2}
     tables = [study_table(cfg, s, study_cells(cfg, s), partial) for s in cfg.all_studies()]
     assert "pending" in markdown(cfg, tables, partial)

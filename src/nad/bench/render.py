@@ -20,6 +20,17 @@ SPREAD_RULE = (
 )
 
 
+NONTARGET_CAPTION = (
+    "ACC on the non-target test images % / ASR %: the measure of the published reference numbers, and of papers "
+    "that leave the target class out of ACC."
+)
+
+
+def has_nontarget(table: Table) -> bool:
+    """Whether the results carry ACC on the non-target images (results from before it was recorded do not)."""
+    return any(e.acc_nontarget is not None for row in table.rows for e in row.entries)
+
+
 def stat_text(stat: Stat | None, digits: int = 1) -> str:
     if stat is None:
         return "–"
@@ -73,8 +84,12 @@ def markdown(cfg: BenchConfig, tables: list[Table], rows: dict[str, dict[str, An
     references = False
     for table in tables:
         heading = "Attacks × defenses" if len(tables) == 1 else f"Study: {table.study}"
+        nontarget = has_nontarget(table)
         lines += ["", f"## {heading}", "", "ACC % / ASR %, mean ± std over seeds.", ""]
-        lines += md_table(table, ("acc", "asr"), reference=True)
+        lines += md_table(table, ("acc", "asr"), reference=not nontarget)
+        if nontarget:
+            lines += ["", NONTARGET_CAPTION, ""]
+            lines += md_table(table, ("acc_nontarget", "asr"), reference=True)
         references = references or any(r.reference for r in table.rows)
         lines += ["", "RA % / DER (Before: RA of the backdoored model).", ""]
         lines += md_table(table, ("ra", "der"), reference=False)
@@ -135,13 +150,13 @@ def chart_png(table: Table) -> bytes:
     return buf.getvalue()
 
 
-def html_table(table: Table) -> str:
+def html_table(table: Table, metrics: tuple[str, str] = ("acc", "asr"), reference: bool = True) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["attack", *table.columns])
     body = []
     for row in table.rows:
-        cells = "".join(f"<td>{html.escape(entry_text(e))}</td>" for e in row.entries)
+        cells = "".join(f"<td>{html.escape(entry_text(e, metrics))}</td>" for e in row.entries)
         body.append(f"<tr><td>{html.escape(row.label)}</td>{cells}</tr>")
-        if row.reference:
+        if reference and row.reference:
             ref = "".join(f"<td><i>{html.escape(reference_text(p))}</i></td>" for p in row.reference)
             body.append(f"<tr><td><i>{html.escape(row.label)} (reference)</i></td>{ref}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -157,9 +172,13 @@ def report_html(cfg: BenchConfig, tables: list[Table], rows: dict[str, dict[str,
     parts.append("</ul>")
     for table in tables:
         heading = "Attacks × defenses" if len(tables) == 1 else f"Study: {table.study}"
-        parts += [f"<h2>{html.escape(heading)}</h2>", "<p>ACC % / ASR %, mean ± std over seeds.</p>", html_table(table)]
+        nontarget = has_nontarget(table)
+        parts += [f"<h2>{html.escape(heading)}</h2>", "<p>ACC % / ASR %, mean ± std over seeds.</p>"]
+        parts.append(html_table(table, reference=not nontarget))
         if table.rows:
             parts.append(f'<img alt="ACC and ASR per attack and defense" src="{png_data_uri(chart_png(table))}">')
+        if nontarget:
+            parts += [f"<p>{html.escape(NONTARGET_CAPTION)}</p>", html_table(table, ("acc_nontarget", "asr"))]
         if table.comparisons:
             items = "".join(f"<li>{html.escape(c)}</li>" for c in table.comparisons)
             parts += [f"<ul>{items}</ul>", f"<p>{html.escape(SPREAD_RULE.replace('*', ''))}</p>"]
