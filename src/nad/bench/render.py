@@ -31,6 +31,15 @@ def has_nontarget(table: Table) -> bool:
     return any(e.acc_nontarget is not None for row in table.rows for e in row.entries)
 
 
+def acc_tables(table: Table) -> list[tuple[str, tuple[str, str], bool]]:
+    """A study's ACC / ASR tables as (caption, metrics, with the reference rows). The published reference rows
+    stand beside ACC on the non-target images, their measure, where the results carry it; else beside ACC."""
+    plain = "ACC % / ASR %, mean ± std over seeds."
+    if not has_nontarget(table):
+        return [(plain, ("acc", "asr"), True)]
+    return [(plain, ("acc", "asr"), False), (NONTARGET_CAPTION, ("acc_nontarget", "asr"), True)]
+
+
 def stat_text(stat: Stat | None, digits: int = 1) -> str:
     if stat is None:
         return "–"
@@ -84,12 +93,9 @@ def markdown(cfg: BenchConfig, tables: list[Table], rows: dict[str, dict[str, An
     references = False
     for table in tables:
         heading = "Attacks × defenses" if len(tables) == 1 else f"Study: {table.study}"
-        nontarget = has_nontarget(table)
-        lines += ["", f"## {heading}", "", "ACC % / ASR %, mean ± std over seeds.", ""]
-        lines += md_table(table, ("acc", "asr"), reference=not nontarget)
-        if nontarget:
-            lines += ["", NONTARGET_CAPTION, ""]
-            lines += md_table(table, ("acc_nontarget", "asr"), reference=True)
+        lines += ["", f"## {heading}"]
+        for caption, metrics, reference in acc_tables(table):
+            lines += ["", caption, "", *md_table(table, metrics, reference)]
         references = references or any(r.reference for r in table.rows)
         lines += ["", "RA % / DER (Before: RA of the backdoored model).", ""]
         lines += md_table(table, ("ra", "der"), reference=False)
@@ -150,7 +156,7 @@ def chart_png(table: Table) -> bytes:
     return buf.getvalue()
 
 
-def html_table(table: Table, metrics: tuple[str, str] = ("acc", "asr"), reference: bool = True) -> str:
+def html_table(table: Table, metrics: tuple[str, str], reference: bool) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["attack", *table.columns])
     body = []
     for row in table.rows:
@@ -172,13 +178,11 @@ def report_html(cfg: BenchConfig, tables: list[Table], rows: dict[str, dict[str,
     parts.append("</ul>")
     for table in tables:
         heading = "Attacks × defenses" if len(tables) == 1 else f"Study: {table.study}"
-        nontarget = has_nontarget(table)
-        parts += [f"<h2>{html.escape(heading)}</h2>", "<p>ACC % / ASR %, mean ± std over seeds.</p>"]
-        parts.append(html_table(table, reference=not nontarget))
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        for caption, metrics, reference in acc_tables(table):
+            parts += [f"<p>{html.escape(caption)}</p>", html_table(table, metrics, reference)]
         if table.rows:
             parts.append(f'<img alt="ACC and ASR per attack and defense" src="{png_data_uri(chart_png(table))}">')
-        if nontarget:
-            parts += [f"<p>{html.escape(NONTARGET_CAPTION)}</p>", html_table(table, ("acc_nontarget", "asr"))]
         if table.comparisons:
             items = "".join(f"<li>{html.escape(c)}</li>" for c in table.comparisons)
             parts += [f"<ul>{items}</ul>", f"<p>{html.escape(SPREAD_RULE.replace('*', ''))}</p>"]
