@@ -11,22 +11,17 @@ import torch
 
 from nad import distributed
 from nad.attacks.base import Attack
-from nad.data.augment import Augment
 from nad.data.dataset import ImageData
 from nad.data.stream import StreamData
 from nad.defenses.base import FineTunedStart
 from nad.errors import NadError
 from nad.metrics import Scores, evaluate
 from nad.models.checkpoint import Classifier, ModelInfo, Normalization, build_classifier
-from nad.training import History, OptimConfig, TrainConfig, train
+from nad.training import History, TrainConfig, load_profile, train
 
-#: How ``nad train`` trains a model from scratch: SGD + Nesterov, cosine decay, crop and flip.
-SCRATCH = TrainConfig(
-    epochs=40,
-    batch_size=128,
-    optim=OptimConfig(lr=0.1, weight_decay=5e-4, schedule="cosine"),
-    augment=Augment(crop_padding=4, flip=True, cutout_holes=0),
-)
+#: How ``nad train`` trains a model from scratch by default: the ``cosine`` profile (SGD + Nesterov, cosine
+#: decay, crop and flip; ``nad/presets/profiles/cosine.yaml``).
+SCRATCH = load_profile("cosine")
 
 
 @dataclass

@@ -50,12 +50,14 @@ def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalize", help="input normalisation: none, cifar10, imagenet, gtsrb, or 'm,m,m;s,s,s'")
 
 
-def precision_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (faster, opt-in)")
+def precision_args(p: argparse.ArgumentParser, default: str | None = "fp32") -> None:
+    """``--precision`` and ``--channels-last``; with ``default=None`` both are None unless given (a profile's)."""
+    hint = "default fp32" if default else "default: the profile's"
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=default, help=f"bf16: autocast ({hint})")
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=True if default else None,
         help="channels-last layout for convolutions (default: on; the same arithmetic, faster)",
     )
 
@@ -72,12 +74,18 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, help="registered architecture or file.py:Class")
     p.add_argument("--arch-kwargs", type=json.loads, default=None)
     p.add_argument("--attack", help="attack spec, e.g. badnets:target=0,pattern=grid")
-    p.add_argument("--epochs", type=int, help="default 40")
-    p.add_argument("--batch-size", type=int, help="default 128")
-    p.add_argument("--lr", type=float, help="default 0.1")
+    p.add_argument(
+        "--profile",
+        default="cosine",
+        help="training recipe: cosine (default), standard (the augmented step schedule of nad bench), "
+        "reference (the NAD reference's train_badnet.py: no augmentation, fixed order, 19 epochs at lr 0.1)",
+    )
+    p.add_argument("--epochs", type=int, help="default: the profile's (cosine: 40)")
+    p.add_argument("--batch-size", type=int, help="default: the profile's (cosine: 128)")
+    p.add_argument("--lr", type=float, help="default: the profile's (0.1)")
     p.add_argument("--normalize", help="input normalisation (default: per dataset, e.g. cifar10)")
     p.add_argument("--seed", type=int, default=0)
-    precision_args(p)
+    precision_args(p, default=None)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last epoch")
     p.add_argument("--stream", action="store_true", help="read a folder: dataset batch by batch (automatic when large)")
     out_args(p)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from nad import distributed
-from nad.api import SCRATCH, train_model
+from nad.api import train_model
 from nad.attacks import Attack, parse_attack
 from nad.cli import out_dir
-from nad.data import ImageData, load_data
+from nad.data import ImageData, fingerprint, load_data
 from nad.data.sources import parse_data_spec
 from nad.data.stream import open_train_data
 from nad.device import resolve_device
@@ -22,7 +22,7 @@ from nad.errors import NadError
 from nad.io import write_json
 from nad.metrics import Scores, evaluate
 from nad.models import Classifier, load_model, parse_normalize, save_model
-from nad.training import NonFiniteLoss
+from nad.training import NonFiniteLoss, TrainConfig, load_profile
 
 DEFAULT_NORMALIZE = {"cifar10": "cifar10", "digits": "digits", "gtsrb": "gtsrb"}
 
@@ -72,16 +72,7 @@ def run_train(args: argparse.Namespace) -> int:
     attack = attack_for(args.attack, data)
     kind, _, _ = parse_data_spec(args.data)
     normalize = parse_normalize(args.normalize or DEFAULT_NORMALIZE.get(kind, "none"))
-    optim = replace(SCRATCH.optim, lr=args.lr or SCRATCH.optim.lr)
-    cfg = replace(
-        SCRATCH,
-        epochs=SCRATCH.epochs if args.epochs is None else args.epochs,
-        batch_size=args.batch_size or SCRATCH.batch_size,
-        optim=optim,
-        seed=args.seed,
-        precision=args.precision,
-        channels_last=args.channels_last,
-    )
+    cfg = train_config(args)
     out = out_dir(args.out, args.overwrite or args.resume)
     state = out / "train-state.pt"
     if not args.resume:
@@ -111,8 +102,10 @@ def run_train(args: argparse.Namespace) -> int:
             "data": args.data,
             "arch": args.arch,
             "attack": attack.spec() if attack else None,
+            "profile": args.profile,
             **asdict(cfg),
         },
+        "data_fingerprint": fingerprint(data) if isinstance(data, ImageData) else None,
         "history": result.history.epochs,
         "poisoned": result.poisoned.tolist() if result.poisoned is not None else None,
     }
@@ -120,6 +113,20 @@ def run_train(args: argparse.Namespace) -> int:
     print_scores({"model": result.scores})
     print(f"wrote {out}/model.safetensors in {result.seconds:.0f} s")
     return 0
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """``--profile``'s recipe, with each of ``--epochs``, ``--batch-size``, ``--lr``, ``--precision`` and
+    ``--channels-last`` that was given laid over it, and ``--seed``."""
+    cfg = load_profile(args.profile)
+    given = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+    }
+    cfg = replace(cfg, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
+    return cfg if args.lr is None else replace(cfg, optim=replace(cfg.optim, lr=args.lr))
 
 
 @contextlib.contextmanager

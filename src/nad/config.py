@@ -74,12 +74,17 @@ def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
             text = resources.files("nad.presets").joinpath(f"{name_or_path}.yaml").read_text()
         except FileNotFoundError:
             raise NadError(f"no preset named {name_or_path!r}; known: {', '.join(preset_names())}") from None
+    return parse_yaml(text, str(name_or_path))
+
+
+def parse_yaml(text: str, where: str) -> dict[str, Any]:
+    """A YAML mapping from ``text`` (safe loader: plain data only)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise NadError(f"{name_or_path}: not valid YAML ({exc})") from None
+        raise NadError(f"{where}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise NadError(f"{name_or_path}: expected a YAML mapping at the top level")
+        raise NadError(f"{where}: expected a YAML mapping at the top level")
     return data
 
 

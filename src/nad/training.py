@@ -35,6 +35,7 @@ from nad.data.stream import StreamData
 from nad.errors import NadError
 from nad.io import atomic_path
 from nad.models.checkpoint import Classifier
+from nad.spec import closest
 
 Precision = Literal["fp32", "bf16"]
 
@@ -70,10 +71,36 @@ class TrainConfig:
     seed: int = 0
     precision: Precision = "fp32"
     channels_last: bool = True  # the module's 4-D weights and the inputs in channels-last layout (faster)
+    # False: the data's own order in every epoch, as the NAD reference's train_badnet.py reads it
+    # (``shuffle=False``). Enters a configuration's hash only when False, so older hashes stay valid.
+    shuffle: bool = field(default=True, metadata={"hash": "when-changed"})
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1:
             raise NadError(f"epochs must be >= 0 and batch size >= 1, got {self.epochs} and {self.batch_size}")
+
+
+PROFILES = "nad.presets.profiles"
+
+
+def load_profile(name: str) -> TrainConfig:
+    """A training profile by name: a complete recipe for training a model from scratch, from
+    ``nad/presets/profiles/NAME.yaml`` (``reference``, ``standard``, ``cosine``; see each file's header)."""
+    from importlib import resources
+
+    from nad.config import from_mapping, parse_yaml
+
+    names = profile_names()
+    if name not in names:
+        raise NadError(f"no training profile named {name!r}{closest(name, names)}; known: {', '.join(names)}")
+    text = resources.files(PROFILES).joinpath(f"{name}.yaml").read_text()
+    return from_mapping(TrainConfig, parse_yaml(text, f"profile {name}"), f"profile {name}")
+
+
+def profile_names() -> list[str]:
+    from importlib import resources
+
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files(PROFILES).iterdir() if p.name.endswith(".yaml"))
 
 
 class LossFn(Protocol):
@@ -106,9 +133,10 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
-def batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
-    """A shuffled pass over ``range(n)``; a trailing batch of one is dropped (BatchNorm needs two)."""
-    order = torch.randperm(n, generator=gen)
+def batches(n: int, batch_size: int, gen: torch.Generator, shuffle: bool = True) -> Iterator[Tensor]:
+    """A pass over ``range(n)``, shuffled unless ``shuffle`` is false; a trailing batch of one is dropped
+    (BatchNorm needs two)."""
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         if len(idx) > 1 or n == 1:
@@ -120,11 +148,11 @@ class EpochBatches:
     shared generator, each split across the ranks (``distributed.shard_indices``). Also a DataLoader
     ``batch_sampler``, for streamed data."""
 
-    def __init__(self, n: int, batch_size: int, gen: torch.Generator) -> None:
-        self.n, self.batch_size, self.gen = n, batch_size, gen
+    def __init__(self, n: int, batch_size: int, gen: torch.Generator, shuffle: bool = True) -> None:
+        self.n, self.batch_size, self.gen, self.shuffle = n, batch_size, gen, shuffle
 
     def __iter__(self) -> Iterator[Tensor]:
-        for index in batches(self.n, self.batch_size, self.gen):
+        for index in batches(self.n, self.batch_size, self.gen, self.shuffle):
             index = distributed.shard_indices(index)
             if len(index):  # a tail batch smaller than the world is skipped by every rank alike
                 yield index
@@ -181,7 +209,7 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     share = (distributed.rank(), distributed.world_size())
-    order = EpochBatches(len(data), global_batch_size(cfg.batch_size), gen)
+    order = EpochBatches(len(data), global_batch_size(cfg.batch_size), gen, cfg.shuffle)
     loader = data.loader(order) if isinstance(data, StreamData) else None
     steps = len(order)
     history = History()

@@ -30,6 +30,24 @@ def digest(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def key_dict(obj: Any) -> Any:
+    """``dataclasses.asdict``, except that a field marked ``metadata={"hash": "when-changed"}`` is left out
+    while it holds its default: a field added later (``TrainConfig.shuffle``) keeps every earlier key valid."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("hash") == "when-changed" and value == f.default:
+                continue
+            out[f.name] = key_dict(value)
+        return out
+    if isinstance(obj, dict):
+        return {k: key_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [key_dict(v) for v in obj]
+    return obj
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything that determines a backdoored model; its :attr:`key` names it in the cache."""
@@ -43,7 +61,7 @@ class ModelSpec:
     train: TrainConfig
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return key_dict(self)
 
     @property
     def key(self) -> str:
@@ -64,7 +82,7 @@ class Cell:
     test_size: int
 
     def to_json(self) -> dict[str, Any]:
-        config = dataclasses.asdict(self.defense_config) if self.defense_config is not None else None
+        config = key_dict(self.defense_config) if self.defense_config is not None else None
         return {
             "model": self.model.key,
             "defense": self.defense_name,

@@ -1,7 +1,7 @@
 """Datasets as uint8 tensors, read without network access, plus batched augmentation."""
 
 from nad.data.augment import Augment, augment_batch
-from nad.data.dataset import ImageData, stratified_split
+from nad.data.dataset import ImageData, fingerprint, stratified_split
 from nad.data.sources import DATA_KINDS, load_data, parse_data_spec
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "Augment",
     "ImageData",
     "augment_batch",
+    "fingerprint",
     "load_data",
     "parse_data_spec",
     "stratified_split",

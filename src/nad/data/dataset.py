@@ -54,6 +54,18 @@ class ImageData:
         return torch.bincount(self.y.cpu(), minlength=self.num_classes)
 
 
+def fingerprint(data: ImageData) -> str:
+    """A short SHA-256 of the images, labels and class count: which data a model was trained on, wherever
+    it lies on disk (two copies of CIFAR-10 decoded differently get different fingerprints)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(f"{tuple(data.x.shape)}:{data.num_classes}:".encode())
+    h.update(data.x.cpu().contiguous().numpy().tobytes())
+    h.update(data.y.cpu().to(torch.int64).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def stratified_split(y: Tensor, ratio: float, seed: int) -> tuple[Tensor, Tensor]:
     """Pick ``round(ratio * n_c)`` (at least one) indices of every class c, reproducibly from ``seed``.
 

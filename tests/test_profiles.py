@@ -1,0 +1,62 @@
+"""Training profiles: the reference code's recipe, the augmented one, and nad train's default."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nad.api import SCRATCH
+from nad.bench.config import load_bench
+from nad.bench.grid import ModelSpec, key_dict
+from nad.cli import main
+from nad.data.augment import NO_AUGMENT
+from nad.errors import NadError
+from nad.training import batches, load_profile, profile_names
+
+
+def test_profiles_are_listed_and_unknown_ones_refused():
+    assert {"reference", "standard", "cosine"} <= set(profile_names())
+    with pytest.raises(NadError, match="did you mean reference"):
+        load_profile("referense")
+
+
+def test_reference_profile_is_train_badnet_py():
+    ref = load_profile("reference")
+    assert ref.epochs == 19  # range(1, 20)
+    assert ref.batch_size == 64 and not ref.shuffle and ref.augment == NO_AUGMENT
+    assert ref.optim.nesterov and ref.optim.momentum == 0.9 and ref.optim.weight_decay == 1e-4
+    assert all(ref.optim.lr_at(e, ref.epochs) == pytest.approx(0.1) for e in range(ref.epochs))
+    assert ref.optim.lr_at(20, 30) == pytest.approx(0.001)  # the reference's epoch 21
+
+
+def test_cosine_profile_is_nad_trains_default():
+    assert load_profile("cosine") == SCRATCH
+
+
+def test_unshuffled_batches_keep_the_data_order():
+    gen = torch.Generator().manual_seed(0)
+    assert torch.cat(list(batches(10, 4, gen, shuffle=False))).tolist() == list(range(10))
+
+
+def test_standard_profile_keeps_the_committed_paper_grid_keys():
+    """The paper-cifar10 grid ran before profiles existed; its model key must not change with them."""
+    cfg = load_bench("paper-cifar10", data="digits")
+    spec = ModelSpec("d", 0, "wrn16_1", {}, "cifar10", "badnets", load_profile("standard"))
+    assert "shuffle" not in key_dict(spec)["train"]
+    unshuffled = ModelSpec("d", 0, "wrn16_1", {}, "cifar10", "badnets", load_profile("reference"))
+    assert key_dict(unshuffled)["train"]["shuffle"] is False
+    assert cfg.train == load_profile("standard") or cfg.profiles
+
+
+def test_nad_train_profile_and_overrides_are_recorded(tmp_path):
+    out = tmp_path / "m"
+    args = ["train", "--data", "digits", "--arch", "small_cnn", "--profile", "reference", "--epochs", "1"]
+    assert main([*args, "--attack", "badnets", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["config"]["profile"] == "reference"
+    assert result["config"]["epochs"] == 1 and result["config"]["shuffle"] is False
+    assert result["config"]["precision"] == "bf16"  # the profile's, as no --precision was given
+    assert len(result["data_fingerprint"]) == 16
+    assert main([*args, "--profile", "nope", "--out", str(tmp_path / "x"), "--quiet"]) == 2
