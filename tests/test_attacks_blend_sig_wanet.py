@@ -220,5 +220,5 @@ def test_load_image_refuses_a_non_image(tmp_path):
     from nad.attacks.images import load_image
 
     (tmp_path / "t.png").write_text("not a picture")
-    with pytest.raises(NadError, match="cannot read"):
+    with pytest.raises(NadError, match="unreadable image"):
         load_image(tmp_path / "t.png", (3, 16, 16))

@@ -47,7 +47,8 @@ def test_standard_profile_keeps_the_committed_paper_grid_keys():
     assert "shuffle" not in key_dict(spec)["train"]
     unshuffled = ModelSpec("d", 0, "wrn16_1", {}, "cifar10", "badnets", load_profile("reference"))
     assert key_dict(unshuffled)["train"]["shuffle"] is False
-    assert cfg.train == load_profile("standard") or cfg.profiles
+    standard = next(s for s in cfg.all_studies() if s.profile == "standard")
+    assert cfg.model_train(standard) == load_profile("standard")
 
 
 def test_nad_train_profile_and_overrides_are_recorded(tmp_path):
@@ -60,3 +61,43 @@ def test_nad_train_profile_and_overrides_are_recorded(tmp_path):
     assert result["config"]["precision"] == "bf16"  # the profile's, as no --precision was given
     assert len(result["data_fingerprint"]) == 16
     assert main([*args, "--profile", "nope", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+
+
+BENCH = """
+name: zoo-test
+data: digits
+arch: small_cnn
+attacks: [badnets]
+defenses: [none]
+seeds: [0]
+model_per_seed: false
+model_epochs: 1
+studies:
+  - {name: reference, profile: reference, defenses: [none]}
+"""
+
+
+def test_bench_takes_a_zoo_model_trained_as_it_asks(tmp_path, capsys):
+    zoo = tmp_path / "zoo"
+    train = ["train", "--data", "digits", "--arch", "small_cnn", "--attack", "badnets", "--epochs", "1", "--quiet"]
+    assert main([*train, "--profile", "reference", "--out", str(zoo / "reference-badnets")]) == 0
+    assert main([*train, "--profile", "standard", "--out", str(zoo / "standard-badnets")]) == 0
+    (tmp_path / "b.yaml").write_text(BENCH)
+    out = tmp_path / "bench"
+    args = ["bench", str(tmp_path / "b.yaml"), "--out", str(out), "--quiet", "--device", "cpu"]
+    assert main([*args, "--zoo", str(zoo)]) == 0
+    assert "0 models trained" in capsys.readouterr().out  # the reference one was taken from the zoo
+    row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    taken = json.loads((zoo / "reference-badnets" / "results.json").read_text())["scores"]
+    assert row["acc"] == pytest.approx(taken["acc"], abs=0.01) and row["asr"] == pytest.approx(taken["asr"], abs=0.01)
+    assert "profile `reference`" in (out / "results.md").read_text()
+
+
+def test_bench_trains_when_no_zoo_model_matches(tmp_path, capsys):
+    zoo = tmp_path / "zoo"
+    train = ["train", "--data", "digits", "--arch", "small_cnn", "--attack", "badnets", "--epochs", "1", "--quiet"]
+    assert main([*train, "--profile", "standard", "--out", str(zoo / "standard-badnets")]) == 0
+    (tmp_path / "b.yaml").write_text(BENCH)
+    args = ["bench", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "bench"), "--quiet", "--device", "cpu"]
+    assert main([*args, "--zoo", str(zoo)]) == 0
+    assert "1 models trained" in capsys.readouterr().out

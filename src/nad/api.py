@@ -16,7 +16,7 @@ from nad.data.stream import StreamData
 from nad.defenses.base import FineTunedStart
 from nad.errors import NadError
 from nad.metrics import Scores, evaluate
-from nad.models.checkpoint import Classifier, ModelInfo, Normalization, build_classifier
+from nad.models.checkpoint import Classifier, ModelInfo, Normalization, build_classifier, checked_arch_kwargs
 from nad.training import History, TrainConfig, load_profile, train
 
 #: How ``nad train`` trains a model from scratch by default: the ``cosine`` profile (SGD + Nesterov, cosine
@@ -58,11 +58,16 @@ def train_model(
     torch.manual_seed(cfg.seed)
     if attack is not None and isinstance(data, ImageData):  # streamed data takes only attacks with nothing to prepare
         attack = attack.prepare(data, workdir)
+    if normalize is not None and len(normalize.mean) not in (1, data.image_shape[0]):
+        raise NadError(
+            f"the normalisation has {len(normalize.mean)} values per statistic but {data.name} has "
+            f"{data.image_shape[0]} channels"
+        )
     info = ModelInfo(
         arch,
         data.num_classes,
         data.image_shape,
-        arch_kwargs or {},
+        checked_arch_kwargs(arch_kwargs or {}, "--arch-kwargs"),
         normalize,
         attack.spec() if attack else None,
     )
@@ -138,25 +143,48 @@ def tensorboard_writer(folder: Path) -> Any:
     return SummaryWriter(log_dir=str(folder))
 
 
-def select_clean(pool: ImageData, ratio: float, seed: int) -> ImageData:
-    """The defense's clean set D: a seeded, class-stratified ``ratio`` share of ``pool``."""
+#: The fewest clean images, and classes, a defense can learn anything from.
+MIN_CLEAN_IMAGES = 10
+
+
+def select_clean(pool: ImageData, ratio: float, seed: int, num_classes: int | None = None) -> ImageData:
+    """The defense's clean set D: a seeded, class-stratified ``ratio`` share of ``pool``.
+
+    Refused when it holds fewer than ``MIN_CLEAN_IMAGES`` images or a single class; a warning names the
+    classes of the model (``num_classes``, default the pool's) that it lacks, since the defense's
+    fine-tuning then pushes the model away from them.
+    """
+    import math
+    import warnings
+
     from nad.data.dataset import stratified_split
 
+    if not (isinstance(ratio, int | float) and math.isfinite(ratio) and 0 < ratio <= 1):
+        raise NadError(f"--clean-ratio must lie in (0, 1], got {ratio}")
     if len(pool) == 0:
         raise NadError(f"{pool.name}: the clean data is empty")
     chosen, _ = stratified_split(pool.y, ratio, seed)
     clean = pool.subset(chosen.to(pool.x.device), name=f"{pool.name} ({ratio:g} clean)")
-    if len(clean) < pool.num_classes:
-        raise NadError(f"the clean set has {len(clean)} images, fewer than the {pool.num_classes} classes")
-    missing = [c for c, n in enumerate(clean.class_counts().tolist()) if n == 0]
+    counts = clean.class_counts().tolist()
+    present = sum(n > 0 for n in counts)
+    if len(clean) < MIN_CLEAN_IMAGES or present < 2:
+        raise NadError(
+            f"the clean set ({ratio:g} of {len(pool)} images of {pool.name}) holds {len(clean)} image(s) of "
+            f"{present} class(es): too few for a defense (at least {MIN_CLEAN_IMAGES} images of 2 classes)"
+        )
+    classes = num_classes or pool.num_classes
+    missing = [c for c in range(classes) if c >= len(counts) or counts[c] == 0]
     if missing:
-        import warnings
-
         warnings.warn(
-            f"the clean set has no image of class(es) {missing}; the defense cannot protect them",
+            f"the clean set ({len(clean)} images) has no image of {len(missing)} of the model's {classes} classes "
+            f"({_few_ints(missing)}); the defense cannot protect them",
             stacklevel=2,
         )
     return clean
+
+
+def _few_ints(values: list[int], n: int = 10) -> str:
+    return ", ".join(map(str, values[:n])) + (f" and {len(values) - n} more" if len(values) > n else "")
 
 
 def erase(

@@ -12,8 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from nad.errors import NadError
 
@@ -45,9 +44,30 @@ def common(p: argparse.ArgumentParser) -> None:
 def model_args(p: argparse.ArgumentParser) -> None:
     """Options that describe a foreign checkpoint (a nad sidecar, when present, supplies them)."""
     p.add_argument("--arch", help="architecture of a foreign checkpoint: a registered name or file.py:Class")
-    p.add_argument("--arch-kwargs", type=json.loads, default=None, help="JSON, e.g. '{\"depth\": 28}'")
+    p.add_argument("--arch-kwargs", type=json_object, default=None, help="JSON, e.g. '{\"depth\": 28}'")
     p.add_argument("--num-classes", type=int, help="class count of a foreign checkpoint")
     p.add_argument("--normalize", help="input normalisation: none, cifar10, imagenet, gtsrb, or 'm,m,m;s,s,s'")
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """An option's JSON object (``--arch-kwargs``); anything else is a usage error."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r:.60}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"depth\": 28}}', got {text!r:.60}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def precision_args(p: argparse.ArgumentParser, default: str | None = "fp32") -> None:
@@ -72,7 +92,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="cifar10:ROOT, npz:PATH, folder:PATH or digits")
     p.add_argument("--test", help="test data (default: the test split of --data, when it has one)")
     p.add_argument("--arch", required=True, help="registered architecture or file.py:Class")
-    p.add_argument("--arch-kwargs", type=json.loads, default=None)
+    p.add_argument("--arch-kwargs", type=json_object, default=None, help="JSON, e.g. '{\"width\": 8}'")
     p.add_argument("--attack", help="attack spec, e.g. badnets:target=0,pattern=grid")
     p.add_argument(
         "--profile",
@@ -108,7 +128,9 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", help="test data (default: the test split of --clean, when it has one)")
     p.add_argument("--attack", help="attack spec to measure ASR (default: the one in the model's sidecar)")
     p.add_argument("--no-baseline", action="store_true", help="skip the fine-tuning baseline run")
-    p.add_argument("--curves", type=int, default=0, metavar="N", help="score every epoch on N test images (report)")
+    p.add_argument(
+        "--curves", type=non_negative, default=0, metavar="N", help="score every epoch on N test images (report)"
+    )
     p.add_argument("--tensorboard", metavar="DIR", help="also log the per-epoch curves to TensorBoard in DIR")
     p.add_argument("--seed", type=int, default=0)
     precision_args(p)
@@ -172,6 +194,12 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the preset's quick variant: fewer epochs, less data")
     p.add_argument("--shard", help="I/N: run only the I-th of N parts of the grid (1 <= I <= N), e.g. for job arrays")
     p.add_argument("--seeds", help="comma-separated seeds (replaces the preset's)")
+    p.add_argument("--arch", help="architecture (replaces the preset's); the only way to bench a file.py:Class")
+    p.add_argument(
+        "--zoo",
+        help="folder of trained models (nad train outputs) to take backdoored models from instead of training "
+        "them, where one was trained exactly as the bench asks (default: ./zoo when it exists)",
+    )
     p.add_argument(
         "--report-only", action="store_true", help="run nothing: write results.md and report.html from finished cells"
     )
@@ -179,10 +207,15 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     common(p)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line, like every other error of nad."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"nad: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nad", description="Erase backdoor triggers with Neural Attention Distillation."
-    )
+    parser = Parser(prog="nad", description="Erase backdoor triggers with Neural Attention Distillation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add_args, help_text) in COMMANDS.items():
         add_args(sub.add_parser(name, help=help_text, description=help_text))
@@ -196,10 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with distributed.session(args.command in DISTRIBUTED_COMMANDS):  # under torchrun; else nothing
             return getattr(commands, f"run_{args.command}")(args)
-    except NadError as exc:
+    except (NadError, OSError, MemoryError) as exc:  # bad input, or a file system or memory that refuses
         if getattr(args, "debug", False):
             traceback.print_exc()
-        print(f"nad: error: {exc}", file=sys.stderr)
+        print(f"nad: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nad: interrupted", file=sys.stderr)
@@ -207,20 +240,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (keeps Python from complaining at exit)
         return 0
+    except Exception as exc:  # a bug of nad's, or an input it fails to check: one line, and how to see more
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        else:
+            print(f"nad: internal error: {type(exc).__name__}: {one_line(exc)} (--debug shows where)", file=sys.stderr)
+        return 1
 
 
-def out_dir(path: str, overwrite: bool) -> Path:
-    """Refuse to write into an existing non-empty directory unless ``--overwrite`` was given."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise NadError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise NadError(f"--out {out}: exists and is not empty (use --overwrite to write into it)")
-    out.mkdir(parents=True, exist_ok=True)
-    from nad import distributed
-
-    distributed.barrier()  # under torchrun: every rank has checked --out before rank 0 writes into it
-    return out
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: an OSError with its file, anything else with newlines folded."""
+    if isinstance(exc, MemoryError):
+        return "out of memory (a smaller --batch-size, model or dataset may fit)"
+    if isinstance(exc, OSError) and exc.strerror:
+        names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+        return f"{names}: {exc.strerror}" if names else exc.strerror
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

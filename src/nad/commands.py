@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -13,13 +14,12 @@ from typing import Any
 from nad import distributed
 from nad.api import train_model
 from nad.attacks import Attack, parse_attack
-from nad.cli import out_dir
 from nad.data import ImageData, fingerprint, load_data
 from nad.data.sources import parse_data_spec
 from nad.data.stream import open_train_data
 from nad.device import resolve_device
 from nad.errors import NadError
-from nad.io import write_json
+from nad.io import check_out_dir, output_set, sibling, write_json
 from nad.metrics import Scores, evaluate
 from nad.models import Classifier, load_model, parse_normalize, save_model
 from nad.training import NonFiniteLoss, TrainConfig, load_profile
@@ -73,11 +73,14 @@ def run_train(args: argparse.Namespace) -> int:
     kind, _, _ = parse_data_spec(args.data)
     normalize = parse_normalize(args.normalize or DEFAULT_NORMALIZE.get(kind, "none"))
     cfg = train_config(args)
-    out = out_dir(args.out, args.overwrite or args.resume)
-    state = out / "train-state.pt"
-    if not args.resume:
-        state.unlink(missing_ok=True)  # --overwrite without --resume starts afresh (missing_ok: ranks race here)
-    with keep_last_good_model(out):
+    out = check_out_dir(args.out, args.overwrite or args.resume)
+    stage = sibling(out, "partial")  # the run's files until it ends; --resume finds its training state here
+    if not args.resume and distributed.is_main():
+        shutil.rmtree(stage, ignore_errors=True)  # --overwrite without --resume starts afresh
+    distributed.barrier()
+    stage.mkdir(parents=True, exist_ok=True)
+    state = stage / "train-state.pt"
+    with keep_last_good_model(out, stage):
         result = train_model(
             data.to(device),
             args.arch,
@@ -88,13 +91,11 @@ def run_train(args: argparse.Namespace) -> int:
             args.arch_kwargs,
             args.quiet,
             state_path=state,
-            workdir=out,
+            workdir=stage,
         )
     if not distributed.is_main():
         return 0  # under torchrun only rank 0 writes and prints; the others wait for it at a barrier
     attack = result.attack
-    save_model(result.model, out)
-    state.unlink(missing_ok=True)  # finished: the model and results supersede the training state
     summary: dict[str, Any] = {
         "scores": result.scores.to_json() if result.scores else None,
         "seconds": round(result.seconds, 1),
@@ -109,7 +110,10 @@ def run_train(args: argparse.Namespace) -> int:
         "history": result.history.epochs,
         "poisoned": result.poisoned.tolist() if result.poisoned is not None else None,
     }
-    write_json(out / "results.json", summary)
+    state.unlink(missing_ok=True)  # finished: the model and results supersede the training state
+    with output_set(out, stage=stage) as folder:
+        save_model(result.model, folder)
+        write_json(folder / "results.json", summary)
     print_scores({"model": result.scores})
     print(f"wrote {out}/model.safetensors in {result.seconds:.0f} s")
     return 0
@@ -130,14 +134,16 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 @contextlib.contextmanager
-def keep_last_good_model(out: Path) -> Iterator[None]:
-    """If training blows up, save the rolled-back model and say where, instead of losing the run."""
+def keep_last_good_model(out: Path, stage: Path | None = None) -> Iterator[None]:
+    """If training blows up, publish the rolled-back model as ``out`` and say where, instead of losing the run."""
     try:
         yield
     except NonFiniteLoss as exc:
-        path = save_model(exc.model, out, stem="last-good") if distributed.is_main() else out / "last-good.safetensors"
+        if distributed.is_main():
+            with output_set(out, stage=stage) as folder:
+                save_model(exc.model, folder, stem="last-good")
         distributed.barrier()  # else the other ranks' exit could make torchrun stop rank 0 while it saves
-        raise NadError(f"{exc}; saved it as {path}") from None
+        raise NadError(f"{exc}; saved it as {out / 'last-good.safetensors'}") from None
 
 
 def load_classifier(args: argparse.Namespace) -> Classifier:
@@ -158,23 +164,47 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_fits(clf: Classifier, data: ImageData) -> None:
+#: The fewest test images, and classes, whose scores mean something.
+MIN_TEST_IMAGES = 10
+
+
+def check_fits(clf: Classifier, data: ImageData, role: str = "test") -> None:
+    """Refuse data the model cannot take (classes, channels, image size) or too little to score on.
+
+    A foreign model's image size is unknown (0 x 0) until now: it is taken from the data."""
     if data.num_classes > clf.info.num_classes:
         raise NadError(
             f"{data.name} has {data.num_classes} classes but the model predicts {clf.info.num_classes} "
             "(is --num-classes right?)"
         )
-    if data.image_shape[0] != clf.info.input_size[0]:
-        raise NadError(f"{data.name} has {data.image_shape[0]} channels but the model expects {clf.info.input_size[0]}")
+    channels, height, width = clf.info.input_size
+    if data.image_shape[0] != channels:
+        raise NadError(f"{data.name} has {data.image_shape[0]} channels but the model expects {channels}")
+    if height == 0:
+        clf.info = replace(clf.info, input_size=data.image_shape)
+    elif data.image_shape[1:] != (height, width):
+        h, w = data.image_shape[1:]
+        raise NadError(f"{data.name} holds {h}x{w} images but the model was trained on {height}x{width}")
+    if role == "test":
+        present = int((data.class_counts() > 0).sum())
+        if len(data) < MIN_TEST_IMAGES or present < 2:
+            raise NadError(
+                f"{data.name}: {len(data)} image(s) of {present} class(es) are too few to score a model on "
+                f"(at least {MIN_TEST_IMAGES} images of 2 classes)"
+            )
 
 
-def parse_list(text: str | None, kind: type, what: str) -> tuple:
-    if not text:
+def parse_list(text: str | None, kind: type, what: str, required: bool = False) -> tuple:
+    """A comma-separated option as a tuple of ``kind``; ``required``: an empty list is refused."""
+    if not text and not required:
         return ()
     try:
-        return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+        values = tuple(kind(v.strip()) for v in (text or "").split(",") if v.strip())
     except ValueError:
         raise NadError(f"{what} {text!r}: expected a comma-separated list of {kind.__name__}") from None
+    if required and not values:
+        raise NadError(f"{what} {text!r}: names nothing; leave it out for the default")
+    return values
 
 
 def defense_from_args(args: argparse.Namespace):  # -> Defense
@@ -200,28 +230,26 @@ def defense_from_args(args: argparse.Namespace):  # -> Defense
         train = replace(train, seed=args.seed, precision=args.precision, channels_last=args.channels_last)
         return train if args.epochs is None else replace(train, epochs=args.epochs)
 
+    flags = {
+        "teacher_epochs": args.teacher_epochs,
+        "layers": parse_list(args.layers, str, "--layers", required=args.layers is not None) or None,
+        "betas": parse_list(args.betas, float, "--betas", required=args.betas is not None) or None,
+        "p": args.p,
+    }
+    fields = set() if isinstance(cfg, TrainConfig) else {f.name for f in dataclasses.fields(cfg)}
+    for key, value in flags.items():
+        if value is not None and key not in fields:
+            raise NadError(f"--{key.replace('_', '-')} does not apply to {name} (see nad defenses)")
     if isinstance(cfg, TrainConfig):
         cfg = schedule(cfg)
     else:
-        fields = {f.name for f in dataclasses.fields(cfg)}
-        updates: dict[str, Any] = {}
+        updates: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
         if isinstance(getattr(cfg, "train", None), TrainConfig):
             updates["train"] = schedule(cfg.train)
         elif args.epochs is not None:
             raise NadError(f"--epochs does not apply to {name}, which has no training schedule (see nad defenses)")
         if "seed" in fields:
             updates["seed"] = args.seed
-        flags = {
-            "teacher_epochs": args.teacher_epochs,
-            "layers": parse_list(args.layers, str, "--layers") or None,
-            "betas": parse_list(args.betas, float, "--betas") or None,
-            "p": args.p,
-        }
-        for key, value in flags.items():
-            if value is not None:
-                if key not in fields:
-                    raise NadError(f"--{key.replace('_', '-')} does not apply to {name} (see nad defenses)")
-                updates[key] = value
         cfg = replace(cfg, **updates)
     return cls(override(cfg, params, name))
 
@@ -380,7 +408,7 @@ def run_erase(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.deterministic)
     clf = load_classifier(args).to(device)
     pool = load_data(args.clean, "train")
-    check_fits(clf, pool)
+    check_fits(clf, pool, role="clean")
     spec = test_spec(args.clean, args.test)
     test = load_data(spec, "test") if spec else None
     if test is not None:
@@ -388,8 +416,8 @@ def run_erase(args: argparse.Namespace) -> int:
         test = test.to(device)
     attack = model_attack(args.attack, clf, args.model, pool)
     defense = defense_from_args(args)
-    out = out_dir(args.out, args.overwrite)
-    clean = select_clean(pool.to(device), args.clean_ratio, args.seed)
+    out = check_out_dir(args.out, args.overwrite)
+    clean = select_clean(pool.to(device), args.clean_ratio, args.seed, clf.info.num_classes)
     with keep_last_good_model(out):
         result = erase(
             clf,
@@ -405,7 +433,8 @@ def run_erase(args: argparse.Namespace) -> int:
     if not distributed.is_main():
         return 0  # under torchrun only rank 0 writes and prints; the others wait for it at a barrier
     summary = erase_summary(result, args, defense, attack, spec, device)
-    save_erase_outputs(out, clf, result, summary, test, attack)
+    with output_set(out) as folder:
+        save_erase_outputs(folder, clf, result, summary, test, attack)
     if test is None:
         print("no test data (give --test): scores were not measured")
     rows = {"before": result.before, defense.name: result.after}
@@ -419,8 +448,10 @@ def run_erase(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from nad.demo import run_demo as demo
 
-    out = out_dir(args.out, args.overwrite)
-    trained, result = demo(out, args.seed, args.quiet, str(resolve_device(args.device, args.deterministic)))
+    out = check_out_dir(args.out, args.overwrite)
+    device = str(resolve_device(args.device, args.deterministic))
+    with output_set(out) as folder:
+        trained, result = demo(folder, args.seed, args.quiet, device)
     print_scores({"backdoored": result.before, "NAD": result.after, "finetune": result.finetune})
     print(f"wrote {out}/results.json, {out}/attention.png and the models in {result.seconds + trained.seconds:.0f} s")
     return 0

@@ -57,9 +57,24 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if dataclasses.is_dataclass(item):  # a list of mappings, one dataclass each
             return tuple(from_mapping(item, v, f"{where}[{i}]") for i, v in enumerate(value))  # type: ignore[arg-type]
         return tuple(value)
-    if hint is float and isinstance(value, int):
-        return float(value)
-    return value
+    return _scalar(value, hint, where)
+
+
+def _scalar(value: Any, hint: Any, where: str) -> Any:
+    """``value`` if it has the type ``hint`` asks for (an int is taken as a float); else one line."""
+    if typing.get_origin(hint) is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise NadError(f"{where}: expected one of {', '.join(map(str, typing.get_args(hint)))}, got {value!r:.60}")
+        return value
+    expected = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}.get(hint)
+    if expected is None:
+        container = typing.get_origin(hint) or hint
+        if container is dict and not isinstance(value, dict):
+            raise NadError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return value
+    if not isinstance(value, expected) or (hint is not bool and isinstance(value, bool)):
+        raise NadError(f"{where}: expected {hint.__name__}, got {value!r:.60}")
+    return float(value) if hint is float else value
 
 
 def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
@@ -68,7 +83,12 @@ def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise NadError(f"{path}: no such file")
-        text = path.read_text()
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise NadError(f"{path}: {path.stat().st_size:,} bytes, more than a configuration may hold")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise NadError(f"{path}: not UTF-8 text") from None
     else:
         try:
             text = resources.files("nad.presets").joinpath(f"{name_or_path}.yaml").read_text()
@@ -77,15 +97,45 @@ def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
     return parse_yaml(text, str(name_or_path))
 
 
+#: Limits on a configuration file: its size, and its size once aliases are expanded (YAML's "billion
+#: laughs": a few lines of nested aliases stand for billions of values).
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_VALUES = 100_000
+
+
 def parse_yaml(text: str, where: str) -> dict[str, Any]:
-    """A YAML mapping from ``text`` (safe loader: plain data only)."""
+    """A YAML mapping from ``text``: the safe loader (plain data only, no tags that build objects), within
+    ``MAX_YAML_BYTES`` and ``MAX_YAML_VALUES``."""
+    if len(text) > MAX_YAML_BYTES:
+        raise NadError(f"{where}: {len(text):,} characters, more than a configuration may hold ({MAX_YAML_BYTES:,})")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise NadError(f"{where}: not valid YAML ({exc})") from None
+        raise NadError(f"{where}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    except RecursionError:
+        raise NadError(f"{where}: nested too deeply") from None
     if not isinstance(data, dict):
         raise NadError(f"{where}: expected a YAML mapping at the top level")
+    values = expanded_size(data)
+    if values > MAX_YAML_VALUES:
+        raise NadError(f"{where}: expands to {values:,} values through its aliases (at most {MAX_YAML_VALUES:,})")
     return data
+
+
+def expanded_size(data: Any, memo: dict[int, int] | None = None) -> int:
+    """How many values ``data`` holds with every alias expanded, counted without expanding them."""
+    memo = {} if memo is None else memo
+    if id(data) in memo:
+        return memo[id(data)]
+    if isinstance(data, dict):
+        size = 1 + sum(expanded_size(k, memo) + expanded_size(v, memo) for k, v in data.items())
+    elif isinstance(data, list):
+        size = 1 + sum(expanded_size(v, memo) for v in data)
+    else:
+        size = 1
+    if isinstance(data, dict | list):
+        memo[id(data)] = size
+    return size
 
 
 def preset_names() -> list[str]:

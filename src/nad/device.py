@@ -23,7 +23,9 @@ def resolve_device(name: str = "auto", deterministic: bool = False) -> torch.dev
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise NadError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise NadError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NadError(f"--device {name}: CUDA is not available here")
     device = own_gpu(device)

@@ -56,6 +56,22 @@ class OptimConfig:
     milestones: tuple[int, ...] = (2,)
     gamma: float = 0.1
 
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": finite(self.lr) and self.lr > 0,
+            "momentum": finite(self.momentum) and 0 <= self.momentum < 1,
+            "weight_decay": finite(self.weight_decay) and self.weight_decay >= 0,
+            "gamma": finite(self.gamma) and self.gamma > 0,
+            "milestones": all(isinstance(m, int) and m >= 0 for m in self.milestones),
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            k = bad[0]
+            raise NadError(
+                f"optimiser {k} = {getattr(self, k)!r} is out of range (lr > 0, 0 <= momentum < 1, "
+                "weight_decay >= 0, gamma > 0, milestones non-negative integers)"
+            )
+
     def lr_at(self, epoch: float, total_epochs: int) -> float:
         if self.schedule == "cosine":
             return 0.5 * self.lr * (1 + math.cos(math.pi * epoch / max(total_epochs, 1)))
@@ -76,11 +92,21 @@ class TrainConfig:
     shuffle: bool = field(default=True, metadata={"hash": "when-changed"})
 
     def __post_init__(self) -> None:
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (self.epochs, self.batch_size, self.seed)):
+            raise NadError(
+                f"epochs, batch size and seed must be integers, got {self.epochs!r}, {self.batch_size!r}, {self.seed!r}"
+            )
         if self.epochs < 0 or self.batch_size < 1:
             raise NadError(f"epochs must be >= 0 and batch size >= 1, got {self.epochs} and {self.batch_size}")
+        if self.precision not in ("fp32", "bf16"):
+            raise NadError(f"precision must be fp32 or bf16, got {self.precision!r}")
 
 
 PROFILES = "nad.presets.profiles"
+
+
+def finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_profile(name: str) -> TrainConfig:

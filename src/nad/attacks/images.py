@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from nad.data.sources import read_image
 from nad.errors import NadError
 
 
@@ -71,10 +71,5 @@ def _read_npy(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
 
 def _read_picture(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     channels, height, width = shape
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise NadError(f"{path}: cannot read the image ({exc})") from None
+    array = read_image(path, (width, height), "L" if channels == 1 else "RGB")
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

@@ -67,12 +67,12 @@ from nad.attacks.base import CleanLabelAttack
 from nad.attacks.images import to_float, to_uint8
 from nad.attacks.registry import register_attack
 from nad.data.dataset import ImageData
+from nad.data.sources import IMAGE_SUFFIXES, read_image
 from nad.errors import NadError
 
 KINDS = ("focus", "blur", "ghost")
 GAMMA = 2.2
 REFLECTIONS_FILE = "refool-reflections.npz"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
 _POOL, _TRAIN, _TEST = 0, 1, 2  # random streams drawn from the seed
 CHUNK = 2048  # images blended at once (bounds the float intermediates)
 
@@ -315,17 +315,10 @@ def _is_flat_image_folder(path: Path) -> bool:
 
 
 def _read_flat_folder(path: Path) -> Tensor:
-    from PIL import Image, UnidentifiedImageError
-
-    images, size = [], None
+    images: list[np.ndarray] = []
     for file in sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()):
-        try:
-            with Image.open(file) as img:
-                img = img.convert("RGB")
-                size = size or img.size
-                images.append(np.asarray(img if img.size == size else img.resize(size, Image.BILINEAR)))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise NadError(f"{file}: unreadable image ({exc})") from None
+        size = (images[0].shape[1], images[0].shape[0]) if images else None
+        images.append(read_image(file, size))
     return torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy())
 
 

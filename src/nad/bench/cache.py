@@ -11,6 +11,7 @@ model at once; the second waits and loads the first one's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -23,10 +24,13 @@ from typing import Any
 
 from nad.api import train_model
 from nad.attacks import parse_attack
-from nad.bench.grid import ModelSpec
-from nad.data.dataset import ImageData
+from nad.bench.grid import ModelSpec, key_dict
+from nad.config import from_mapping
+from nad.data.dataset import ImageData, fingerprint
+from nad.errors import NadError
 from nad.io import write_json
 from nad.models import Classifier, load_model, parse_normalize, save_model
+from nad.training import TrainConfig
 
 META = "bench-model.json"
 STATE = "train-state.pt"
@@ -42,9 +46,15 @@ class CachedModel:
 
 
 class ModelCache:
-    def __init__(self, root: Path) -> None:
+    """The cache under ``root``; ``zoo`` (a folder of ``nad train`` outputs, such as the repository's
+    ``zoo/``) fills it: a model whose recorded training equals a spec's is copied in instead of trained."""
+
+    def __init__(self, root: Path, zoo: Path | None = None) -> None:
         self.root = root
+        self.zoo = zoo
         self.trained = 0  # models trained by this process
+        self.from_zoo = 0  # models copied from the zoo by this process
+        self._fingerprints: dict[int, str] = {}
 
     def path(self, spec: ModelSpec) -> Path:
         return self.root / spec.key
@@ -57,10 +67,29 @@ class ModelCache:
         trained_now = False
         if not self.has(spec):
             with self.lock(spec):
-                if not self.has(spec):  # another process may have finished it while we waited
-                    self.train(spec, data, quiet)
+                if not self.has(spec) and not self.fill_from_zoo(spec, data):  # another process may have
+                    self.train(spec, data, quiet)  # finished it while we waited
                     trained_now = True
         return self.load(spec, data.device, trained_now)
+
+    def fill_from_zoo(self, spec: ModelSpec, data: ImageData) -> bool:
+        """Copy the zoo model trained exactly as ``spec`` says (same data, by fingerprint) into the cache."""
+        if self.zoo is None or not self.zoo.is_dir():
+            return False
+        if id(data) not in self._fingerprints:
+            self._fingerprints[id(data)] = fingerprint(data)
+        for folder in sorted(p for p in self.zoo.iterdir() if (p / "results.json").is_file()):
+            record = json.loads((folder / "results.json").read_text())
+            if zoo_matches(record, folder, spec, self._fingerprints[id(data)]):
+                partial = self.root / f".partial-{spec.key}"
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(folder, partial)
+                meta = {"key": spec.key, "spec": spec.to_json(), "seconds": record.get("seconds", 0.0)}
+                write_json(partial / META, {**meta, "zoo": folder.name, "poisoned": record.get("poisoned")})
+                os.rename(partial, self.path(spec))
+                self.from_zoo += 1
+                return True
+        return False
 
     def load(self, spec: ModelSpec, device: Any, trained_now: bool = False) -> CachedModel:
         folder = self.path(spec)
@@ -106,3 +135,23 @@ class ModelCache:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def zoo_matches(record: dict[str, Any], folder: Path, spec: ModelSpec, data_fingerprint: str) -> bool:
+    """Whether the ``nad train`` output in ``folder`` (its ``results.json`` is ``record``) is ``spec``'s model."""
+    config = record.get("config") or {}
+    if spec.train_size or record.get("data_fingerprint") != data_fingerprint or config.get("arch") != spec.arch:
+        return False
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        train = from_mapping(TrainConfig, {k: v for k, v in config.items() if k in names}, str(folder))
+        attack = parse_attack(config["attack"]).spec() if config.get("attack") else None
+        info = load_model(folder).info
+    except (NadError, KeyError):
+        return False
+    return (
+        key_dict(train) == key_dict(spec.train)
+        and attack == spec.attack
+        and info.arch_kwargs == spec.arch_kwargs
+        and info.normalize == parse_normalize(spec.normalize)
+    )

@@ -33,11 +33,12 @@ def parse_seeds(text: str | None) -> tuple[int, ...] | None:
 def run(args: argparse.Namespace) -> int:
     from nad.device import resolve_device
 
-    cfg = load_bench(args.config, args.quick, args.data, args.test, parse_seeds(args.seeds))
+    cfg = load_bench(args.config, args.quick, args.data, args.test, parse_seeds(args.seeds), args.arch)
     shard = Shard.parse(args.shard)
     out = bench_out(args.out, args.overwrite)
     device = resolve_device(args.device, args.deterministic)
-    outcome = run_bench(cfg, out, shard, args.quiet, device, report_only=args.report_only)
+    zoo = Path(args.zoo) if args.zoo else (Path("zoo") if Path("zoo").is_dir() else None)
+    outcome = run_bench(cfg, out, shard, args.quiet, device, report_only=args.report_only, zoo=zoo)
     if args.report_only:
         print(f"{outcome.skipped} of {outcome.cells} cells finished; wrote " + ", ".join(map(str, outcome.files)))
         return 0

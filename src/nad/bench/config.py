@@ -20,7 +20,8 @@ from typing import Any
 from nad.api import SCRATCH
 from nad.config import from_mapping, load_yaml
 from nad.errors import NadError
-from nad.training import TrainConfig
+from nad.models.checkpoint import is_user_code
+from nad.training import TrainConfig, load_profile
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,9 @@ class Study:
     """A sub-grid: its ``defenses`` at its ``clean_ratios`` on its ``attacks`` (empty: the bench's).
 
     ``baseline`` is the defense the others are compared with under the table (default: ``nad`` if listed,
-    else the first defense other than ``none``).
+    else the first defense other than ``none``). ``profile`` names the training profile of the study's
+    backdoored models (``reference``, ``standard``, ``cosine``: ``nad/presets/profiles/``); without one they
+    train with the bench's ``train``.
     """
 
     name: str
@@ -36,6 +39,11 @@ class Study:
     clean_ratios: tuple[float, ...] = ()
     attacks: tuple[str, ...] = ()
     baseline: str | None = None
+    profile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.profile is not None:
+            load_profile(self.profile)  # an unknown profile is refused when the bench is read
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class BenchConfig:
     clean_ratios: tuple[float, ...] = (0.05,)
     seeds: tuple[int, ...] = (0, 1, 2)
     model_per_seed: bool = True  # one backdoored model per attack and seed; false: one per attack (first seed)
+    model_epochs: int | None = None  # set: every backdoored model trains this many epochs (``quick`` runs)
     studies: tuple[Study, ...] = ()
     quick: bool = False  # set by ``load_bench(quick=True)``; recorded in the outputs
 
@@ -72,6 +81,13 @@ class BenchConfig:
             raise NadError("train_size and test_size must be >= 0 (0: all images)")
         if not isinstance(self.arch_kwargs, dict):
             raise NadError("arch_kwargs: expected a mapping")
+        if self.model_epochs is not None and self.model_epochs < 0:
+            raise NadError(f"model_epochs must be >= 0, got {self.model_epochs}")
+
+    def model_train(self, study: Study) -> TrainConfig:
+        """How the backdoored models of ``study`` train: its profile, else the bench's ``train``."""
+        train = load_profile(study.profile) if study.profile else self.train
+        return train if self.model_epochs is None else replace(train, epochs=self.model_epochs)
 
     def all_studies(self) -> tuple[Study, ...]:
         """The studies, each with its attacks and ratios filled in; one study of the whole grid if none."""
@@ -99,6 +115,7 @@ def load_bench(
     data: str | None = None,
     test: str | None = None,
     seeds: tuple[int, ...] | None = None,
+    arch: str | None = None,
 ) -> BenchConfig:
     """A preset or YAML file as a :class:`BenchConfig`; ``quick`` applies its ``quick:`` overrides.
 
@@ -106,6 +123,14 @@ def load_bench(
     """
     raw = load_yaml(name_or_path)
     where = f"bench {Path(str(name_or_path)).stem}"
+    named = raw.get("arch")
+    if isinstance(named, str) and is_user_code(named) and not arch:
+        raise NadError(
+            f"{where}: arch names the Python file {named!r}; nad never imports code because a file names it. "
+            f"If you trust that file, pass --arch {named} yourself"
+        )
+    if arch:
+        raw["arch"] = arch
     overrides = raw.pop("quick", None) or {}
     if not isinstance(overrides, dict):
         raise NadError(f"{where}: quick: expected a mapping of overrides")

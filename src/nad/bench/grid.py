@@ -233,7 +233,7 @@ def study_cells(cfg: BenchConfig, study: Study) -> list[Cell]:
                 dict(cfg.arch_kwargs),
                 normalize,
                 attack.spec(),
-                replace(cfg.train, seed=model_seed),
+                replace(cfg.model_train(study), seed=model_seed),
             )
             for defense_spec in study.defenses:
                 name, config = resolve_defense(defense_spec, cfg, seed)

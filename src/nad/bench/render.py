@@ -74,8 +74,7 @@ def summary_lines(cfg: BenchConfig, tables: list[Table], rows: dict[str, dict[st
     return [
         *(quick if cfg.quick else []),
         f"- data: `{cfg.data}` ({', '.join(sizes)}); test: `{data_specs(cfg)[1]}`",
-        f"- model: {cfg.arch}, trained {cfg.train.epochs} epochs (batch {cfg.train.batch_size}, "
-        f"lr {cfg.train.optim.lr}, {cfg.train.optim.schedule} schedule); {models}",
+        *model_lines(cfg, models),
         f"- seeds: {', '.join(map(str, cfg.seeds))}; every number is the mean ± sample standard deviation over "
         "them (a seed draws the clean subset and seeds the defense's training"
         + (", and the backdoored model's" if cfg.model_per_seed else "")
@@ -85,6 +84,32 @@ def summary_lines(cfg: BenchConfig, tables: list[Table], rows: dict[str, dict[st
         "- ACC: clean accuracy on the test images; ASR: triggered non-target images classified as the target; "
         "RA: triggered non-target images classified as their true label; DER = (max(0, ΔASR) − max(0, ΔACC) + 1) / 2",
     ]
+
+
+def model_lines(cfg: BenchConfig, models: str) -> list[str]:
+    """How the backdoored models trained: one line, or one per study when studies name training profiles."""
+    if not any(s.profile for s in cfg.all_studies()):
+        t = cfg.train
+        return [
+            f"- model: {cfg.arch}, trained {t.epochs} epochs (batch {t.batch_size}, "
+            f"lr {t.optim.lr}, {t.optim.schedule} schedule); {models}"
+        ]
+    lines = []
+    for study in cfg.all_studies():
+        t = cfg.model_train(study)
+        aug = t.augment
+        augmented = (
+            "crop, flip, Cutout"
+            if aug.crop_padding and aug.flip and aug.cutout_holes
+            else ("augmented" if aug.crop_padding or aug.flip or aug.cutout_holes else "no augmentation")
+        )
+        order = "shuffled" if t.shuffle else "the data's own order every epoch"
+        lines.append(
+            f"- model, study {study.name} (profile `{study.profile or 'bench train'}`): {cfg.arch}, {t.epochs} epochs, "
+            f"batch {t.batch_size}, lr {t.optim.lr} ({t.optim.schedule} schedule), {augmented}, {order}, "
+            f"{t.precision}; {models}"
+        )
+    return lines
 
 
 def markdown(cfg: BenchConfig, tables: list[Table], rows: dict[str, dict[str, Any]]) -> str:

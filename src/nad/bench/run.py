@@ -268,10 +268,12 @@ def run_bench(
     quiet: bool = False,
     device: torch.device | str = "cpu",
     report_only: bool = False,
+    zoo: Path | None = None,
 ) -> Outcome:
     """Run this shard's unfinished cells of ``cfg`` into ``out``, rendering the tables after each one.
 
     With ``report_only``, run nothing: render what has finished (e.g. while another process runs the grid).
+    ``zoo``: a folder of trained models (``nad train`` outputs) that fills the model cache where one matches.
     """
     start = time.perf_counter()
     shard = shard or Shard()
@@ -295,7 +297,7 @@ def run_bench(
                 store.append(rows[cell.id])
     todo = [c for c in mine if c.id not in rows]
     outcome = Outcome(len(mine), len(mine) - len(todo))
-    cache = ModelCache(out / "models")
+    cache = ModelCache(out / "models", zoo)
     if todo:
         runner = Runner(cfg, load_bench_data(cfg, device), cache, quiet)
         progress = Progress(mine, todo, cache, quiet, finished=(rows[c.id] for c in mine if c.id in rows))

@@ -28,6 +28,9 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "test")
+#: The largest image nad decodes (64 megapixels): a small file can claim a huge image (a decompression bomb),
+#: and nad's images are small.
+MAX_IMAGE_PIXELS = 64_000_000
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -158,15 +161,25 @@ def scan_folder(path: str | Path) -> tuple[list[Path], list[int], tuple[str, ...
     return files, labels, classes
 
 
-def read_image(file: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """One image as RGB uint8 (H, W, 3), resized (bilinear) to ``size`` = (W, H) when given and different."""
+def read_image(file: Path, size: tuple[int, int] | None = None, mode: str = "RGB") -> np.ndarray:
+    """One image as uint8 (H, W, 3) for ``mode`` RGB, (H, W) for L, resized (bilinear) to ``size`` = (W, H)
+    when given and different. The one place nad decodes image files: sizes are checked before decoding."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(file) as img:
-            img = img.convert("RGB")
-            return np.asarray(img if size is None or img.size == size else img.resize(size, Image.BILINEAR))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS or min(width, height) < 1:
+                    raise NadError(
+                        f"{file}: {width}x{height} pixels, outside what nad reads (1 to {MAX_IMAGE_PIXELS:,} pixels)"
+                    )
+                img = img.convert(mode)
+                return np.asarray(img if size is None or img.size == size else img.resize(size, Image.BILINEAR))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, Warning) as exc:
         raise NadError(f"{file}: unreadable image ({exc})") from None
 
 

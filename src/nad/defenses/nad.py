@@ -17,6 +17,7 @@ works; without names, the architecture's registered layers are used, else ``atte
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -49,10 +50,12 @@ class NADConfig:
     def __post_init__(self) -> None:
         if self.betas and self.layers and len(self.betas) != len(self.layers):
             raise NadError(f"NAD: {len(self.layers)} layers but {len(self.betas)} betas; give one beta per layer")
-        if any(b < 0 for b in self.betas):
-            raise NadError("NAD: betas must be >= 0")
-        if self.p <= 0:
-            raise NadError(f"NAD: the attention power p must be > 0, got {self.p}")
+        if not all(math.isfinite(b) and b >= 0 for b in self.betas):
+            raise NadError(f"NAD: betas must be finite and >= 0, got {list(self.betas)}")
+        if not (math.isfinite(self.p) and self.p > 0):
+            raise NadError(f"NAD: the attention power p must be finite and > 0, got {self.p}")
+        if self.teacher_epochs < 0:
+            raise NadError(f"NAD: teacher_epochs must be >= 0, got {self.teacher_epochs}")
 
 
 def default_betas(count: int) -> tuple[float, ...]:

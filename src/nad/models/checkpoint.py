@@ -10,6 +10,7 @@ foreign PyTorch files (``.pt``/``.pth``/``.tar``): a bare state_dict or one stor
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,6 +26,15 @@ from nad.io import atomic_path, write_json
 from nad.models.registry import create_model
 
 FORMAT = "nad-model/1"
+#: Limits on what a sidecar or option may ask for, far above any model nad is meant for: they keep a hostile
+#: sidecar from asking for a model of terabytes before a single weight has been compared.
+MAX_CLASSES = 100_000
+MAX_CHANNELS = 64
+MAX_SIDE = 4096
+MAX_PARAMETERS = 2_000_000_000
+MAX_SIDECAR_BYTES = 1_000_000
+#: Arguments every architecture receives from nad itself; an ``arch_kwargs`` may not repeat them.
+RESERVED_KWARGS = ("num_classes", "in_channels")
 STATE_KEYS = ("state_dict", "model", "net", "model_state_dict")
 NORMALIZE_PRESETS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "none": None,
@@ -56,8 +66,23 @@ def parse_normalize(value: str | None) -> Normalization | None:
         raise NadError(
             f"--normalize {value!r}: expected none, {', '.join(NORMALIZE_PRESETS)}, or 'm1,m2,m3;s1,s2,s3'"
         ) from None
-    if len(mean) != len(std) or any(s <= 0 for s in std):
-        raise NadError(f"--normalize {value!r}: mean and std need the same length and positive std")
+    return checked_normalization(mean, std, f"--normalize {value!r}")
+
+
+def checked_normalization(mean: Any, std: Any, where: str) -> Normalization:
+    """``Normalization(mean, std)`` if both are equally long lists of finite numbers and every std is > 0."""
+    values = []
+    for name, seq in (("mean", mean), ("std", std)):
+        if not isinstance(seq, list | tuple) or not seq or len(seq) > MAX_CHANNELS:
+            raise NadError(f"{where}: {name} must be a list of 1 to {MAX_CHANNELS} numbers, got {seq!r:.80}")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in seq):
+            raise NadError(f"{where}: {name} must hold finite numbers, got {list(seq)!r:.80}")
+        values.append(tuple(float(v) for v in seq))
+    mean, std = values
+    if len(mean) != len(std):
+        raise NadError(f"{where}: mean has {len(mean)} values but std has {len(std)}")
+    if any(v <= 0 for v in std):
+        raise NadError(f"{where}: every std must be > 0, got {list(std)} (a zero std makes every input infinite)")
     return Normalization(mean, std)
 
 
@@ -76,19 +101,50 @@ class ModelInfo:
         return {"format": FORMAT, **asdict(self)}
 
     @staticmethod
-    def from_json(obj: dict[str, Any], where: str) -> ModelInfo:
-        try:
-            norm = obj.get("normalize")
-            return ModelInfo(
-                arch=str(obj["arch"]),
-                num_classes=int(obj["num_classes"]),
-                input_size=tuple(int(v) for v in obj["input_size"]),  # type: ignore[arg-type]
-                arch_kwargs=dict(obj.get("arch_kwargs") or {}),
-                normalize=None if not norm else Normalization(tuple(norm["mean"]), tuple(norm["std"])),
-                attack=obj.get("attack"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise NadError(f"{where}: malformed model sidecar ({exc!r})") from None
+    def from_json(obj: Any, where: str) -> ModelInfo:
+        """Read a sidecar, checking every value's type and range (a sidecar may come from an attacker)."""
+        if not isinstance(obj, dict):
+            raise NadError(f"{where}: a model sidecar must be a JSON object, got {type(obj).__name__}")
+        if obj.get("format", FORMAT) != FORMAT:
+            raise NadError(f"{where}: unknown format {obj.get('format')!r:.60} (this nad reads {FORMAT})")
+        arch = obj.get("arch")
+        if not isinstance(arch, str) or not arch:
+            raise NadError(f"{where}: 'arch' must be a non-empty string, got {arch!r:.60}")
+        num_classes = checked_int(obj.get("num_classes"), f"{where}: 'num_classes'", 1, MAX_CLASSES)
+        size = obj.get("input_size")
+        if not isinstance(size, list) or len(size) != 3:
+            raise NadError(f"{where}: 'input_size' must be [channels, height, width], got {size!r:.60}")
+        channels = checked_int(size[0], f"{where}: input channels", 1, MAX_CHANNELS)
+        height, width = (checked_int(v, f"{where}: input size", 1, MAX_SIDE) for v in size[1:])
+        norm = obj.get("normalize")
+        if norm is not None and not isinstance(norm, dict):
+            raise NadError(f'{where}: \'normalize\' must be null or {{"mean": [...], "std": [...]}}')
+        normalize = checked_normalization(norm.get("mean"), norm.get("std"), f"{where}: normalize") if norm else None
+        attack = obj.get("attack")
+        if attack is not None and not isinstance(attack, str):
+            raise NadError(f"{where}: 'attack' must be an attack spec string or null, got {attack!r:.60}")
+        kwargs = checked_arch_kwargs(obj.get("arch_kwargs") or {}, f"{where}: 'arch_kwargs'")
+        return ModelInfo(arch, num_classes, (channels, height, width), kwargs, normalize, attack)
+
+
+def checked_int(value: Any, what: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise NadError(f"{what} must be an integer in [{low}, {high}], got {value!r:.60}")
+    return value
+
+
+def checked_arch_kwargs(value: Any, where: str) -> dict[str, Any]:
+    """Keyword arguments for an architecture: a JSON object of plain values, not repeating nad's own."""
+    if not isinstance(value, dict):
+        raise NadError(f'{where} must be a JSON object such as {{"depth": 28}}, got {value!r:.60}')
+    for key, item in value.items():
+        if key in RESERVED_KWARGS:
+            raise NadError(f"{where}: {key} is set by nad (use --num-classes / the data), not in arch_kwargs")
+        if not isinstance(item, str | int | float | bool) and item is not None:
+            raise NadError(f"{where}: {key} must be a number, string, boolean or null, got {item!r:.60}")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise NadError(f"{where}: {key} must be finite, got {item}")
+    return dict(value)
 
 
 @dataclass
@@ -127,13 +183,24 @@ class Classifier:
         return Classifier(copy.deepcopy(self.module), self.info, dict(self._affine))
 
 
-def build_classifier(info: ModelInfo) -> Classifier:
+def build_classifier(info: ModelInfo, expected: dict[str, Tensor] | None = None) -> Classifier:
     """A fresh module for ``info``, its 4-D weights in channels-last layout.
+
+    The module is first built on the ``meta`` device, which allocates nothing: its size is checked against
+    ``MAX_PARAMETERS`` and, with ``expected`` (weights read from a file), its tensor names and shapes against
+    those weights, so a sidecar cannot make nad allocate a model larger than the file that claims it.
 
     Channels-last is the layout oneDNN and cuDNN run convolutions fastest in: on the 2-core CPU machine it makes
     WRN-16-1's fp32 training step 1.4x and its evaluation 2.5x faster (docs/performance.md). Convolutions follow
     the weights' layout, so inputs need no conversion; the arithmetic is the same up to summation order.
     """
+    with torch.device("meta"):
+        shell = create_model(info.arch, info.num_classes, info.input_size[0], **info.arch_kwargs)
+    count = sum(p.numel() for p in shell.parameters())
+    if count > MAX_PARAMETERS:
+        raise NadError(f"--arch {info.arch} with {info.arch_kwargs} has {count:,} parameters, over nad's limit")
+    if expected is not None:
+        check_weights(shell.state_dict(), expected, info)
     module = create_model(info.arch, info.num_classes, info.input_size[0], **info.arch_kwargs)
     return Classifier(module.to(memory_format=torch.channels_last), info)
 
@@ -192,7 +259,8 @@ def _infer_info(state: dict[str, Tensor], arch: str | None, path: Path) -> Model
     linears = [v for v in state.values() if v.ndim == 2]
     in_channels = convs[0].shape[1] if convs else 3
     num_classes = linears[-1].shape[0] if linears else 10
-    return ModelInfo(arch, int(num_classes), (int(in_channels), 32, 32))
+    # The image size is not in the weights: 0 x 0 means "unknown", filled in from the data it is used with.
+    return ModelInfo(arch, int(num_classes), (int(in_channels), 0, 0))
 
 
 def load_model(
@@ -203,7 +271,11 @@ def load_model(
     arch_kwargs: dict[str, Any] | None = None,
     input_size: tuple[int, int, int] | None = None,
 ) -> Classifier:
-    """Load a classifier; the options override (or, for foreign files, supply) what the sidecar says."""
+    """Load a classifier; the options override (or, for foreign files, supply) what the sidecar says.
+
+    Code is imported only when the caller names it (``arch="file.py:Class"``): a sidecar that names a Python
+    file is refused unless ``arch`` is given, so a model folder can never make nad run code.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
@@ -211,45 +283,77 @@ def load_model(
         raise NadError(f"{path}: no such model file")
     state = _read_state_dict(path)
     sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        try:
-            info = ModelInfo.from_json(json.loads(sidecar.read_text()), str(sidecar))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise NadError(f"{sidecar}: not valid JSON ({exc})") from None
-    else:
-        info = _infer_info(state, arch, path)
+    info = read_sidecar(sidecar) if sidecar.is_file() else _infer_info(state, arch, path)
+    if arch is None and is_user_code(info.arch):
+        raise NadError(
+            f"{sidecar}: names the Python file {info.arch!r}; nad never imports code because a file names it. "
+            f"If you trust that file, pass --arch {info.arch} yourself"
+        )
+    if num_classes is not None:
+        checked_int(num_classes, "--num-classes", 1, MAX_CLASSES)
     info = replace(
         info,
         arch=arch or info.arch,
         num_classes=num_classes or info.num_classes,
-        arch_kwargs=arch_kwargs if arch_kwargs is not None else info.arch_kwargs,
+        arch_kwargs=checked_arch_kwargs(arch_kwargs, "--arch-kwargs") if arch_kwargs is not None else info.arch_kwargs,
         input_size=input_size or info.input_size,
         normalize=parse_normalize(normalize) if normalize is not None else info.normalize,
     )
-    clf = build_classifier(info)
-    _load_weights(clf.module, state, path, info)
+    if info.normalize is not None and len(info.normalize.mean) not in (1, info.input_size[0]):
+        raise NadError(
+            f"{path}: the normalisation has {len(info.normalize.mean)} values per statistic but the model takes "
+            f"{info.input_size[0]} channels"
+        )
+    clf = build_classifier(info, expected=state)
+    clf.module.load_state_dict(state)
     return clf
 
 
-def _load_weights(module: nn.Module, state: dict[str, Tensor], path: Path, info: ModelInfo) -> None:
-    expected = module.state_dict()
+def is_user_code(arch: str) -> bool:
+    """Whether ``arch`` names a Python file (``file.py:Class``) rather than a registered architecture."""
+    return ".py" in arch or "/" in arch or "\\" in arch
+
+
+def read_sidecar(sidecar: Path) -> ModelInfo:
+    if sidecar.stat().st_size > MAX_SIDECAR_BYTES:
+        raise NadError(f"{sidecar}: {sidecar.stat().st_size:,} bytes, too large for a model sidecar")
+    try:
+        obj = json.loads(sidecar.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise NadError(f"{sidecar}: not valid JSON ({str(exc)[:100]})") from None
+    return ModelInfo.from_json(obj, str(sidecar))
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def check_weights(expected: dict[str, Tensor], state: dict[str, Tensor], info: ModelInfo) -> None:
+    """Refuse weights whose names, shapes or kinds do not fit the model, or that are not finite."""
+    path = f"weights for --arch {info.arch}"
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise NadError(
-            f"{path}: weights do not fit --arch {info.arch}: missing {_few(missing)}; unexpected {_few(unexpected)}"
-            " (is --arch right?)"
-        )
+        raise NadError(f"{path} do not fit: missing {_few(missing)}; unexpected {_few(unexpected)} (is --arch right?)")
     wrong = [k for k in expected if expected[k].shape != state[k].shape]
     if wrong:
         k = wrong[0]
         head_only = all(expected[w].shape[0] == info.num_classes != state[w].shape[0] for w in wrong)
         hint = " (is --num-classes right?)" if head_only else " (is --arch right?)"
         raise NadError(
-            f"{path}: {len(wrong)} tensors have the wrong shape for --arch {info.arch} with {info.num_classes} "
+            f"{len(wrong)} tensors have the wrong shape for --arch {info.arch} with {info.num_classes} "
             f"classes, e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}{hint}"
         )
-    module.load_state_dict(state)
+    for k, want in expected.items():
+        got = state[k]
+        if want.is_floating_point() != got.is_floating_point() or got.is_complex() or got.dtype == torch.bool:
+            raise NadError(f"{k} is {got.dtype} but the model holds {want.dtype} there: not weights of this model")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NadError(f"{len(bad)} tensors hold NaN or inf, e.g. {bad[0]}: these weights cannot be scored or purified")
+    negative = [k for k, v in state.items() if k.endswith("running_var") and bool((v < 0).any())]
+    if negative:
+        raise NadError(f"{negative[0]} has negative entries: a variance cannot be negative")
 
 
 def _few(keys: list[str], n: int = 4) -> str:

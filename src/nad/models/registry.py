@@ -76,6 +76,8 @@ def create_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs: An
         accepted = inspect.signature(entry.build).parameters
         if "num_classes" in accepted:
             params.setdefault("num_classes", num_classes)
+        if "in_channels" in accepted:
+            params.setdefault("in_channels", in_channels)
         return entry.build(**params)
-    except TypeError as exc:
-        raise NadError(f"--arch {arch}: cannot build it with {params} ({exc})") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # bad kwargs fail in the constructor
+        raise NadError(f"--arch {arch}: cannot build it with {params} ({str(exc)[:200]})") from None
