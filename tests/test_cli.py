@@ -33,7 +33,8 @@ def test_missing_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
-    assert "usage" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("nad: error:") and "--help" in err and len(err.strip().splitlines()) == 1
 
 
 def assert_one_line_error(capsys, *fragments: str) -> str:

@@ -160,7 +160,7 @@ def two_process_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess
 def test_two_processes_train_and_rank_zero_writes_one_model(two_process_run):
     out, run = two_process_run
     assert run.returncode == 0, run.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.json", "model.safetensors", "results.json"]
     assert run.stdout.count("wrote ") == 1  # only rank 0 prints
     ce = losses(out)
     assert len(ce) == 2 and ce[1] < ce[0] - 0.1, ce

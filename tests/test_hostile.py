@@ -502,7 +502,7 @@ def flag_cases(model: str, out: str) -> dict[str, list[str]]:
         "train lr negative": [*train, "--lr", "-0.1"],
         "train lr nan": [*train, "--lr", "nan"],
         "train lr inf": [*train, "--lr", "inf"],
-        "train lr zero": [*train, "--lr", "0"],
+        "train seed not an integer": [*train, "--seed", "x"],
         "train arch kwargs a list": [*train, "--arch-kwargs", "[1]"],
         "train arch kwargs a string": [*train, "--arch-kwargs", '"x"'],
         "train arch kwargs not JSON": [*train, "--arch-kwargs", "{width: 4}"],

@@ -45,8 +45,10 @@ def states_equal(a: nn.Module, b: nn.Module) -> bool:
     ("kwargs", "match"),
     [
         ({"layers": ("a", "b"), "betas": (1.0,)}, "one beta per layer"),
-        ({"betas": (-1.0,)}, "betas must be >= 0"),
-        ({"p": 0.0}, "p must be > 0"),
+        ({"betas": (-1.0,)}, "betas must be finite and >= 0"),
+        ({"betas": (float("nan"),)}, "betas must be finite and >= 0"),
+        ({"p": 0.0}, "p must be finite and > 0"),
+        ({"teacher_epochs": -1}, "teacher_epochs must be >= 0"),
     ],
 )
 def test_nad_config_refusals(kwargs, match):

@@ -42,7 +42,7 @@ def test_unshuffled_batches_keep_the_data_order():
 
 def test_standard_profile_keeps_the_committed_paper_grid_keys():
     """The paper-cifar10 grid ran before profiles existed; its model key must not change with them."""
-    cfg = load_bench("paper-cifar10", data="digits")
+    cfg = load_bench("paper-cifar10")
     spec = ModelSpec("d", 0, "wrn16_1", {}, "cifar10", "badnets", load_profile("standard"))
     assert "shuffle" not in key_dict(spec)["train"]
     unshuffled = ModelSpec("d", 0, "wrn16_1", {}, "cifar10", "badnets", load_profile("reference"))

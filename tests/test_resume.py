@@ -41,11 +41,16 @@ def epochs_done(state: Path) -> int:
         return 0
 
 
+def partial(out: Path) -> Path:
+    """Where ``nad train`` keeps a run's files, its training state among them, until it publishes them."""
+    return out.parent / f".{out.name}.nad-partial"
+
+
 def kill_after_epochs(out: Path, epochs: int) -> None:
     """Start ``nad train`` in a child process and SIGKILL it once it has saved ``epochs`` epochs."""
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     child = subprocess.Popen([sys.executable, "-m", "nad", *train_args(), "--out", str(out)], env=env)
-    state = out / "train-state.pt"
+    state = partial(out) / "train-state.pt"
     deadline = time.monotonic() + 120
     try:
         while not (state.exists() and epochs_done(state) >= epochs):
@@ -62,11 +67,12 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights(tmp_path: Path) -> N
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert main([*train_args(), "--out", str(whole)]) == 0
     kill_after_epochs(broken, epochs=3)
-    visible = sorted(p.name for p in broken.iterdir() if not p.name.startswith("."))
-    assert visible == ["train-state.pt"]  # no half-written model: only the last complete epoch's state
-    assert 3 <= epochs_done(broken / "train-state.pt") < EPOCHS
+    assert not broken.exists()  # no half-written output: it is published only when the run ends
+    visible = sorted(p.name for p in partial(broken).iterdir() if not p.name.startswith("."))
+    assert visible == ["train-state.pt"]  # only the last complete epoch's state
+    assert 3 <= epochs_done(partial(broken) / "train-state.pt") < EPOCHS
     assert main([*train_args(), "--out", str(broken), "--resume"]) == 0
-    assert not (broken / "train-state.pt").exists()  # finished runs drop their state
+    assert not partial(broken).exists() and not (broken / "train-state.pt").exists()  # finished: state dropped
     a, b = load_file(whole / "model.safetensors"), load_file(broken / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

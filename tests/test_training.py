@@ -181,8 +181,10 @@ def test_select_clean():
     with pytest.raises(NadError, match="empty"):
         select_clean(empty, 0.5, seed=0)
     one_class = pool.subset(torch.nonzero(pool.y == 2).flatten())
-    with pytest.raises(NadError, match="fewer than"):
-        select_clean(one_class, 0.1, seed=0)
+    with pytest.raises(NadError, match="1 class"):
+        select_clean(one_class, 1.0, seed=0)
+    with pytest.raises(NadError, match="holds 4 image"):
+        select_clean(pool, 0.1, seed=0)  # one image per class: too few to learn from
     three_classes = pool.subset(torch.nonzero(pool.y != 3).flatten())
-    with pytest.warns(UserWarning, match=r"class\(es\) \[3\]"):
+    with pytest.warns(UserWarning, match=r"no image of 1 of the model's 4 classes \(3\)"):
         select_clean(three_classes, 1.0, seed=0)

@@ -13,5 +13,6 @@ for name in "${names[@]}"; do
   attack=()
   [ "$name" = clean ] || attack=(--attack "$name")
   nad train --data cifar10:data/cifar10 --arch wrn16_1 --profile "$profile" "${attack[@]}" --seed 0 \
-    --out "$out" --overwrite --quiet
+    --out "$out" --resume --quiet  # --resume: an interrupted model continues from its last epoch
 done
+python -m benchmarks.zoo_table  # zoo/README.md from every model's results.json

@@ -58,7 +58,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "lr": finite(self.lr) and self.lr > 0,
+            "lr": finite(self.lr) and self.lr >= 0,  # 0 leaves the weights as they are (a diagnostic)
             "momentum": finite(self.momentum) and 0 <= self.momentum < 1,
             "weight_decay": finite(self.weight_decay) and self.weight_decay >= 0,
             "gamma": finite(self.gamma) and self.gamma > 0,
@@ -68,7 +68,7 @@ class OptimConfig:
         if bad:
             k = bad[0]
             raise NadError(
-                f"optimiser {k} = {getattr(self, k)!r} is out of range (lr > 0, 0 <= momentum < 1, "
+                f"optimiser {k} = {getattr(self, k)!r} is out of range (lr >= 0, 0 <= momentum < 1, "
                 "weight_decay >= 0, gamma > 0, milestones non-negative integers)"
             )
 

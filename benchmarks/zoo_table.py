@@ -1,0 +1,57 @@
+"""Write ``zoo/README.md``: one row per model in ``zoo/`` (from its ``results.json``), with the command that
+made it. Run from the repository root: ``python -m benchmarks.zoo_table``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ZOO = Path("zoo")
+
+HEADER = """# The model zoo
+
+WRN-16-1 models trained on CIFAR-10 (the shared JPEG-decoded copy: `python ../shared/data/cifar10/prepare.py
+data/cifar10`), one per attack and training profile, plus a clean control per profile. Each folder is a
+`nad train` output (`model.safetensors`, `model.json`, `results.json`; Trojan's also holds its trigger), so
+`nad eval zoo/NAME --data cifar10:data/cifar10` and `nad erase zoo/NAME --clean cifar10:data/cifar10 --out DIR`
+work as they are, and `nad bench` takes them instead of training (`--zoo`, default `./zoo`) wherever a
+bench asks for a model trained exactly this way. `zoo/build.sh PROFILE [NAME ...]` trains the missing ones.
+
+Profiles (`src/nad/presets/profiles/`): `reference` is the NAD reference code's `train_badnet.py` (no
+augmentation, the data's own order, 19 epochs at lr 0.1, batch 64); `standard` trains with crop, flip and
+Cutout, shuffled, 40 epochs, lr 0.1 then 0.001 from epoch 20; `cosine` is `nad train`'s default. All zoo
+models train under bf16 autocast with channels-last (the profiles' documented deviation, for time), seed 0,
+target class 0. ACC is on all 10,000 test images, ASR on the 9,000 triggered non-target ones. Wall time is
+that of the run on 2 CPU cores, often shared with other work, so it overstates the cost.
+
+| model | attack | profile | ACC % | ASR % | wall time | command |
+|---|---|---|---|---|---|---|
+"""
+
+
+def command(name: str, config: dict) -> str:
+    attack = f" --attack {config['attack']}" if config.get("attack") else ""
+    return (
+        f"`nad train --data cifar10:data/cifar10 --arch {config['arch']} --profile {config.get('profile', '?')}"
+        f"{attack} --seed {config.get('seed', 0)} --out zoo/{name}`"
+    )
+
+
+def row(folder: Path) -> str:
+    record = json.loads((folder / "results.json").read_text())
+    config, scores = record["config"], record.get("scores") or {}
+    asr = "–" if scores.get("asr") is None else f"{scores['asr']:.2f}"
+    minutes = f"{record.get('seconds', 0) / 60:.0f} min"
+    attack = config.get("attack") or "none (clean)"
+    profile = config.get("profile", "?")
+    return f"| `{folder.name}` | {attack} | {profile} | {scores.get('acc', 0):.2f} | {asr} | {minutes} | {command(folder.name, config)} |"
+
+
+def main() -> None:
+    folders = sorted(p for p in ZOO.iterdir() if (p / "results.json").is_file())
+    (ZOO / "README.md").write_text(HEADER + "\n".join(row(f) for f in folders) + "\n")
+    print(f"wrote {ZOO / 'README.md'}: {len(folders)} models")
+
+
+if __name__ == "__main__":
+    main()
