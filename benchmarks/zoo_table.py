@@ -44,7 +44,8 @@ def row(folder: Path) -> str:
     minutes = f"{record.get('seconds', 0) / 60:.0f} min"
     attack = config.get("attack") or "none (clean)"
     profile = config.get("profile", "?")
-    return f"| `{folder.name}` | {attack} | {profile} | {scores.get('acc', 0):.2f} | {asr} | {minutes} | {command(folder.name, config)} |"
+    cells = [f"`{folder.name}`", attack, profile, f"{scores.get('acc', 0):.2f}", asr, minutes]
+    return "| " + " | ".join([*cells, command(folder.name, config)]) + " |"
 
 
 def main() -> None:
