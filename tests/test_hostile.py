@@ -8,6 +8,7 @@ unpickled payload would create the canary file). The cases are generated from ta
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -21,9 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from nad.cli import main
+from nad.config import parse_yaml
+from nad.errors import NadError
+from nad.models.checkpoint import ModelInfo
 
 CANARY_NAME = "CODE-RAN"
 
@@ -689,3 +695,52 @@ def test_kill_trials_leave_no_mixed_set():
     assert report["trials"] == 3 and report["mixed"] == 0
     assert report["whole_old"] + report["whole_new"] == 3
     assert report["strays_after_final_run"] == 0
+
+
+# -- 9. generated inputs: any sidecar or bench mapping either reads or is refused with a NadError ----------
+
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+SIDECAR_KEYS = ["format", "arch", "num_classes", "input_size", "arch_kwargs", "normalize", "attack"]
+VALID = {"arch": "small_cnn", "num_classes": 10, "input_size": [1, 16, 16], "arch_kwargs": {}, "normalize": None}
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(SIDECAR_KEYS), JSON, max_size=7) | JSON)
+def test_any_sidecar_reads_or_is_refused(obj):
+    try:
+        info = ModelInfo.from_json(obj, "model.json")
+    except NadError:
+        return
+    assert info.num_classes >= 1 and all(v >= 1 for v in info.input_size)
+
+
+@FUZZ
+@given(st.sampled_from(SIDECAR_KEYS), JSON)
+def test_one_bad_field_of_a_good_sidecar_reads_or_is_refused(key, value):
+    with contextlib.suppress(NadError):
+        ModelInfo.from_json({**VALID, key: value}, "model.json")
+
+
+BENCH_KEYS = ["name", "arch", "train", "attacks", "defenses", "seeds", "clean_ratios", "train_size", "studies"]
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(BENCH_KEYS), JSON, min_size=1, max_size=5))
+def test_any_bench_mapping_reads_or_is_refused(raw):
+    from nad.bench.config import BenchConfig
+    from nad.config import from_mapping
+
+    with contextlib.suppress(NadError):
+        from_mapping(BenchConfig, raw, "bench")
+
+
+@FUZZ
+@given(st.text(max_size=300) | st.builds("a: &a [1, 2]\nb: [*a, *a]\n{}".format, st.text(max_size=100)))
+def test_any_yaml_text_reads_or_is_refused(text):
+    with contextlib.suppress(NadError):
+        assert isinstance(parse_yaml(text, "bench"), dict)
