@@ -254,4 +254,4 @@ def test_stream_is_chosen_above_the_size_threshold_and_refused_where_it_cannot_w
     with pytest.raises(NadError, match="--stream reads image folders"):
         stream.open_train_data("digits", stream=True)
     with pytest.raises(NadError, match="whole training set in memory"):
-        data.poisoned(parse_attack("wanet:target=0"))
+        parse_attack("wanet:target=0").poison_stream(data)

@@ -74,7 +74,7 @@ def train_model(
     clf = build_classifier(info).to(data.device)
     poisoned = None
     if isinstance(data, StreamData) and attack is not None:
-        data, poisoned = data.poisoned(attack)
+        data, poisoned = attack.poison_stream(data)
     elif attack is not None:
         result = attack.poison(data)
         data, poisoned = result.data, result.indices

@@ -15,28 +15,15 @@ from nad import distributed
 from nad.api import train_model
 from nad.attacks import Attack, parse_attack
 from nad.data import ImageData, fingerprint, load_data
-from nad.data.sources import parse_data_spec
+from nad.data.sources import DEFAULT_NORMALIZE, parse_data_spec, test_spec
 from nad.data.stream import open_train_data
 from nad.device import resolve_device
 from nad.errors import NadError
 from nad.io import check_out_dir, output_set, sibling, write_json
 from nad.metrics import Scores, evaluate
 from nad.models import Classifier, load_model, parse_normalize, save_model
+from nad.spec import override
 from nad.training import NonFiniteLoss, TrainConfig, load_profile
-
-DEFAULT_NORMALIZE = {"cifar10": "cifar10", "digits": "digits", "gtsrb": "gtsrb"}
-
-
-def test_spec(data_spec: str, explicit: str | None) -> str | None:
-    """The test set: ``--test`` if given, else the test split of a dataset that has one."""
-    if explicit:
-        return explicit
-    kind, location, _ = parse_data_spec(data_spec)
-    if kind == "digits":
-        return "digits:test"
-    if kind in ("cifar10", "gtsrb"):
-        return f"{kind}:{location}:test"
-    return None
 
 
 def attack_for(spec: str | None, data: ImageData) -> Attack | None:
@@ -252,37 +239,6 @@ def defense_from_args(args: argparse.Namespace):  # -> Defense
             updates["seed"] = args.seed
         cfg = replace(cfg, **updates)
     return cls(override(cfg, params, name))
-
-
-def override(cfg: Any, params: dict[str, str], what: str) -> Any:
-    """``cfg`` with the fields named in ``params`` (``key`` or ``nested.key``) set from their string values."""
-    import dataclasses
-
-    from nad.spec import build, closest
-
-    flat = {k: v for k, v in params.items() if "." not in k}
-    nested: dict[str, dict[str, str]] = {}
-    for key, value in params.items():
-        if "." in key:
-            head, _, rest = key.partition(".")
-            nested.setdefault(head, {})[rest] = value
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    updates: dict[str, Any] = {}
-    for key in flat:
-        if key in fields and dataclasses.is_dataclass(getattr(cfg, key)):
-            raise NadError(f"{what}: {key} is a group of parameters; set them as {key}.NAME=VALUE")
-    if flat:
-        built = build(type(cfg), flat, what)
-        updates.update({k: getattr(built, k) for k in flat})
-    for head, sub in nested.items():
-        inner = getattr(cfg, head, None) if head in fields else None
-        if not dataclasses.is_dataclass(inner):
-            raise NadError(f"{what}: no parameter group {head!r}{closest(head, fields)}")
-        updates[head] = override(inner, sub, f"{what} {head}")
-    try:
-        return replace(cfg, **updates)
-    except (TypeError, ValueError) as exc:
-        raise NadError(f"{what}: {exc}") from None
 
 
 def config_rows(cfg: Any, prefix: str = "") -> list[tuple[str, str, Any]]:

@@ -11,6 +11,7 @@ import difflib
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from nad.errors import NadError
@@ -103,3 +104,30 @@ def type_name(hint: Any) -> str:
     if typing.get_origin(hint) is typing.Literal:
         return "|".join(map(str, typing.get_args(hint)))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def override(cfg: Any, params: dict[str, str], what: str) -> Any:
+    """``cfg`` with the fields named in ``params`` (``key`` or ``nested.key``) set from their string values."""
+    flat = {k: v for k, v in params.items() if "." not in k}
+    nested: dict[str, dict[str, str]] = {}
+    for key, value in params.items():
+        if "." in key:
+            head, _, rest = key.partition(".")
+            nested.setdefault(head, {})[rest] = value
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    updates: dict[str, Any] = {}
+    for key in flat:
+        if key in fields and dataclasses.is_dataclass(getattr(cfg, key)):
+            raise NadError(f"{what}: {key} is a group of parameters; set them as {key}.NAME=VALUE")
+    if flat:
+        built = build(type(cfg), flat, what)
+        updates.update({k: getattr(built, k) for k in flat})
+    for head, sub in nested.items():
+        inner = getattr(cfg, head, None) if head in fields else None
+        if not dataclasses.is_dataclass(inner):
+            raise NadError(f"{what}: no parameter group {head!r}{closest(head, fields)}")
+        updates[head] = override(inner, sub, f"{what} {head}")
+    try:
+        return replace(cfg, **updates)
+    except (TypeError, ValueError) as exc:
+        raise NadError(f"{what}: {exc}") from None

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from nad.data.dataset import ImageData
+from nad.data.stream import StreamData
 from nad.errors import NadError
 
 
@@ -113,7 +114,18 @@ class Attack:
         self.check(data.num_classes, data.image_shape)
         return self.poison_at(data, self.choose(data, torch.Generator().manual_seed(self.seed)))
 
-    def choose(self, data: ImageData, gen: torch.Generator) -> Tensor:
+    def poison_stream(self, data: StreamData) -> tuple[StreamData, Tensor]:
+        """A streamed folder with the images ``poison`` would pick triggered as they are read; and their indices.
+
+        Only attacks that poison image by image qualify: one that prepares from, or rewrites, the whole
+        training set needs it in memory."""
+        if type(self).poison is not Attack.poison or type(self).prepare is not Attack.prepare:
+            raise NadError(f"{self.name}: this attack needs the whole training set in memory; train without --stream")
+        self.check(data.num_classes, data.image_shape)
+        chosen = self.choose(data, torch.Generator().manual_seed(self.seed))  # the draw of ``poison``
+        return data.with_poison(self, chosen), chosen
+
+    def choose(self, data: ImageData | StreamData, gen: torch.Generator) -> Tensor:
         """The sorted indices to poison: ``poison_count`` of the candidates, drawn from ``gen``."""
         candidates = self.poison_candidates(data)
         count = self.poison_count(data, candidates)

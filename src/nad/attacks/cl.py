@@ -48,7 +48,7 @@ from nad.attacks.badnets import GRID
 from nad.attacks.base import CleanLabelAttack, PoisonResult
 from nad.attacks.images import to_float, to_uint8
 from nad.attacks.registry import register_attack
-from nad.attacks.trojan import attack_model
+from nad.attacks.surrogate import attack_model
 from nad.data.dataset import ImageData
 from nad.errors import NadError
 from nad.models.checkpoint import Classifier

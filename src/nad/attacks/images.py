@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nad.data.sources import read_image
+from nad.data.images import read_image
 from nad.errors import NadError
 
 

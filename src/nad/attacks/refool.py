@@ -67,7 +67,7 @@ from nad.attacks.base import CleanLabelAttack
 from nad.attacks.images import to_float, to_uint8
 from nad.attacks.registry import register_attack
 from nad.data.dataset import ImageData
-from nad.data.sources import IMAGE_SUFFIXES, read_image
+from nad.data.images import IMAGE_SUFFIXES, read_image
 from nad.errors import NadError
 
 KINDS = ("focus", "blur", "ghost")

@@ -60,43 +60,16 @@ from torch import Tensor, nn
 from nad.attacks.base import Attack, PatchPosition
 from nad.attacks.images import load_image, to_float, to_uint8
 from nad.attacks.registry import register_attack
+from nad.attacks.surrogate import attack_model
 from nad.attention import find_module
 from nad.data.dataset import ImageData
 from nad.errors import NadError
 from nad.io import atomic_path
-from nad.models.checkpoint import Classifier, load_model
+from nad.models.checkpoint import Classifier
 
 TRIGGER_FILE = "trojan-trigger.npy"
 PROBE = 128  # training images the trigger is optimised on
 SELECT_PROBE = 32  # of those, the images the neuron connections are measured on
-
-
-def attack_model(path: str | None, data: ImageData, arch: str, epochs: int, seed: int, who: str) -> Classifier:
-    """The frozen, eval-mode model an attack is computed against, on the data's device.
-
-    ``path`` is read with :func:`~nad.models.checkpoint.load_model`; without it a surrogate ``arch`` is
-    trained on ``data`` for ``epochs`` epochs with the ``nad train`` schedule. The global random state is
-    left as it was, so the model trained afterwards starts from the same weights as without the attack.
-    """
-    device = data.x.device
-    if path is not None:
-        clf = load_model(path)
-        if tuple(clf.info.input_size) != data.image_shape:
-            raise NadError(
-                f"{who}: model {path} takes inputs of shape {tuple(clf.info.input_size)}, the data has "
-                f"{data.image_shape}"
-            )
-        clf.to(device)
-    else:
-        from nad.api import SCRATCH, train_model  # lazily: nad.api imports the attacks
-
-        cfg = dataclasses.replace(SCRATCH, epochs=epochs, seed=seed)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            clf = train_model(data, arch, cfg, quiet=True).model
-    clf.module.eval()
-    for p in clf.module.parameters():
-        p.requires_grad_(False)
-    return clf
 
 
 class NeuronReader:

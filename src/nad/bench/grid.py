@@ -174,8 +174,8 @@ def seeded(config: Any, seed: int) -> Any:
 
 def resolve_defense(spec: str, cfg: BenchConfig, seed: int) -> tuple[str, Any]:
     """``(name, Config instance)``: defaults, the seed, the bench's ``defense_params``, then the spec's own."""
-    from nad.commands import override
     from nad.defenses import defense_class
+    from nad.spec import override
 
     name, params = split_spec(spec)
     if name == NONE:
@@ -189,8 +189,7 @@ def resolve_defense(spec: str, cfg: BenchConfig, seed: int) -> tuple[str, Any]:
 
 def data_specs(cfg: BenchConfig) -> tuple[str, str, str]:
     """Canonical training data spec, test data spec and normalisation name of a bench."""
-    from nad.commands import DEFAULT_NORMALIZE, test_spec
-    from nad.data.sources import parse_data_spec
+    from nad.data.sources import DEFAULT_NORMALIZE, parse_data_spec, test_spec
     from nad.models import parse_normalize
 
     if not cfg.data:

@@ -58,7 +58,7 @@ def subset(data: ImageData, size: int) -> ImageData:
 
 
 def load_bench_data(cfg: BenchConfig, device: torch.device | str) -> BenchData:
-    from nad.commands import test_spec
+    from nad.data.sources import test_spec
 
     train = subset(load_data(cfg.data or "", "train"), cfg.train_size)
     test = subset(load_data(test_spec(cfg.data or "", cfg.test) or "", "test"), cfg.test_size)

@@ -79,7 +79,7 @@ def _test_files(base: Path) -> list[tuple[Path, int]]:
 
 
 def load_gtsrb(root: str | Path, split: str = "train") -> ImageData:
-    from nad.data.sources import read_image
+    from nad.data.images import read_image
 
     base = gtsrb_base(root)
     files = _train_files(base) if split == "train" else _test_files(base)

@@ -22,15 +22,12 @@ import numpy as np
 import torch
 
 from nad.data.dataset import ImageData, stratified_split
+from nad.data.images import IMAGE_SUFFIXES, read_image
 from nad.errors import NadError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "test")
-#: The largest image nad decodes (64 megapixels): a small file can claim a huge image (a decompression bomb),
-#: and nad's images are small.
-MAX_IMAGE_PIXELS = 64_000_000
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
@@ -161,28 +158,6 @@ def scan_folder(path: str | Path) -> tuple[list[Path], list[int], tuple[str, ...
     return files, labels, classes
 
 
-def read_image(file: Path, size: tuple[int, int] | None = None, mode: str = "RGB") -> np.ndarray:
-    """One image as uint8 (H, W, 3) for ``mode`` RGB, (H, W) for L, resized (bilinear) to ``size`` = (W, H)
-    when given and different. The one place nad decodes image files: sizes are checked before decoding."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(file) as img:
-                width, height = img.size
-                if width * height > MAX_IMAGE_PIXELS or min(width, height) < 1:
-                    raise NadError(
-                        f"{file}: {width}x{height} pixels, outside what nad reads (1 to {MAX_IMAGE_PIXELS:,} pixels)"
-                    )
-                img = img.convert(mode)
-                return np.asarray(img if size is None or img.size == size else img.resize(size, Image.BILINEAR))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, Warning) as exc:
-        raise NadError(f"{file}: unreadable image ({exc})") from None
-
-
 def load_folder(path: str | Path) -> ImageData:
     """ImageFolder layout; images are converted to RGB and resized to the first image's size."""
     files, labels, classes = scan_folder(path)
@@ -211,6 +186,20 @@ def load_digits(split: str = "train") -> ImageData:
 
 
 DATA_KINDS = ("cifar10", "npz", "folder", "digits", "gtsrb")
+#: The input normalisation a model trained on each dataset kind gets by default.
+DEFAULT_NORMALIZE = {"cifar10": "cifar10", "digits": "digits", "gtsrb": "gtsrb"}
+
+
+def test_spec(data_spec: str, explicit: str | None) -> str | None:
+    """The test set: ``explicit`` (``--test``) if given, else the test split of a dataset that has one."""
+    if explicit:
+        return explicit
+    kind, location, _ = parse_data_spec(data_spec)
+    if kind == "digits":
+        return "digits:test"
+    if kind in ("cifar10", "gtsrb"):
+        return f"{kind}:{location}:test"
+    return None
 
 
 def parse_data_spec(spec: str, default_split: str = "train") -> tuple[str, str, str]:

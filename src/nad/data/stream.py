@@ -25,7 +25,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from nad.data.dataset import ImageData
-from nad.data.sources import load_data, parse_data_spec, read_image, scan_folder
+from nad.data.images import read_image
+from nad.data.sources import load_data, parse_data_spec, scan_folder
 from nad.errors import NadError
 
 #: Above this many bytes of decoded uint8 pixels, a training folder is streamed instead of loaded.
@@ -98,21 +99,15 @@ class StreamData:
         """Batches will be moved to ``device``; nothing is loaded."""
         return replace(self, device=torch.device(device))
 
-    def poisoned(self, attack) -> tuple[StreamData, Tensor]:  # attack: Attack
-        """This data with ``attack``'s trigger on the images ``Attack.poison`` would pick; and their indices."""
-        from nad.attacks.base import Attack
+    def with_poison(self, attack: object, chosen: Tensor) -> StreamData:
+        """This data with ``attack``'s trigger (and labels) on the images at ``chosen``, applied as they are read.
 
-        if type(attack).poison is not Attack.poison or type(attack).prepare is not Attack.prepare:
-            raise NadError(f"{attack.name}: this attack needs the whole training set in memory; train without --stream")
-        attack.check(self.num_classes, self.image_shape)
-        candidates = attack.poison_candidates(self)
-        gen = torch.Generator().manual_seed(attack.seed)  # the same draw as Attack.poison, so the same images
-        count = attack.poison_count(self, candidates)
-        chosen = torch.sort(candidates[torch.randperm(len(candidates), generator=gen)[:count]]).values
+        ``attack`` is an ``nad.attacks.Attack`` (typed loosely: the attacks sit above the data);
+        ``Attack.poison_stream`` chooses the images."""
         mask = torch.zeros(len(self), dtype=torch.bool)
         mask[chosen] = True
         images = FolderImages(self.images.files, self.y, self.images.size, self.num_classes, attack, mask)
-        return replace(self, images=images, name=f"{self.name}+{attack.name}"), chosen
+        return replace(self, images=images, name=f"{self.name}+{attack.name}")  # type: ignore[attr-defined]
 
     def loader(self, batch_sampler: Iterable[Tensor]) -> DataLoader:
         """A DataLoader yielding (uint8 images, labels) on the CPU for the index batches of ``batch_sampler``."""
