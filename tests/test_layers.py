@@ -14,7 +14,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("nad.errors", "nad.spec", "nad.config", "nad.io", "nad.distributed", "nad.device", "nad.presets"),
+    ("nad.errors", "nad.spec", "nad.registry", "nad.config", "nad.io", "nad.distributed", "nad.device", "nad.presets"),
     ("nad.data",),
     ("nad.models",),
     ("nad.attention", "nad.training", "nad.metrics"),
@@ -54,16 +54,17 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
 
 
 def layer_of(name: str) -> int:
-    best = max(
-        (
-            (i, prefix)
-            for i, group in enumerate(LAYERS)
-            for prefix in group
-            if name == prefix or name.startswith(prefix + ".")
-        ),
-        key=lambda found: len(found[1]),
-    )
-    return best[0]
+    """The layer of the longest prefix in ``LAYERS`` that names ``name`` or a package holding it (the bare
+    ``nad`` names only the package itself, so a new module must be given a layer here)."""
+    found = [
+        (len(prefix), i)
+        for i, group in enumerate(LAYERS)
+        for prefix in group
+        if name == prefix or (prefix != "nad" and name.startswith(prefix + "."))
+    ]
+    if not found:
+        raise AssertionError(f"{name} has no layer in tests/test_layers.py")
+    return max(found)[1]
 
 
 def graph() -> dict[str, set[str]]:

@@ -128,7 +128,7 @@ def test_identical_teacher_gives_zero_attention_loss():
         return Classifier(module, ModelInfo("user.py:Net", 4, (1, 8, 8)))
 
     cfg = NADConfig(train=TrainConfig(epochs=1, batch_size=16, optim=OptimConfig(lr=0.0), augment=NO_AUGMENT))
-    repair = NAD(cfg).repair(net(), tiny_clean(), quiet=True, teacher=net())
+    repair = NAD(cfg).repair(net(), tiny_clean(), quiet=True, fine_tuned=net())
     assert repair.log["layers"] == ["0", "2"]
     assert repair.log["history"][0]["at"] == 0.0
     assert repair.log["history"][0]["ce"] > 0
@@ -137,7 +137,7 @@ def test_identical_teacher_gives_zero_attention_loss():
     other = net()
     with torch.no_grad():
         other.module[0].weight.mul_(-1.0).add_(0.5)
-    repair = NAD(cfg).repair(net(), tiny_clean(), quiet=True, teacher=other)
+    repair = NAD(cfg).repair(net(), tiny_clean(), quiet=True, fine_tuned=other)
     assert repair.log["history"][0]["at"] > 0
 
 

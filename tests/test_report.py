@@ -11,9 +11,26 @@ import torch
 from PIL import Image
 
 from nad.attacks import parse_attack
-from nad.attention import region_share
+from nad.attention import attention_map, capture
 from nad.cli import main
 from nad.data import load_data
+
+
+@torch.no_grad()
+def region_share(
+    model: torch.nn.Module, inputs: torch.Tensor, layer: str, mask: torch.Tensor, p: float = 2.0
+) -> torch.Tensor:
+    """Per image, the share of a layer's attention that falls inside ``mask`` (H, W) of the input.
+
+    The normalised map's squares sum to 1, so they are a distribution over the layer's positions; it is
+    spread (nearest) onto the input grid and summed over the mask. A model that looks at the region as
+    much as anywhere else gives the mask's area share; a backdoored model looks far more at its trigger.
+    """
+    (features,) = capture(model, inputs, [layer])
+    h, w = features.shape[2:]
+    weights = attention_map(features, p).pow(2).view(len(inputs), 1, h, w)
+    spread = torch.nn.functional.interpolate(weights, size=tuple(mask.shape), mode="nearest") * (h * w / mask.numel())
+    return (spread.squeeze(1) * mask.to(spread.device)).sum((1, 2))
 
 
 def trigger_mask(height: int, width: int) -> torch.Tensor:

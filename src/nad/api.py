@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from nad import distributed
 from nad.attacks.base import Attack
 from nad.data.dataset import ImageData
 from nad.data.stream import StreamData
-from nad.defenses.base import FineTunedStart
+from nad.defenses.base import Defense, FineTunedStart
 from nad.errors import NadError
 from nad.metrics import Scores, evaluate
 from nad.models.checkpoint import Classifier, ModelInfo, Normalization, build_classifier, checked_arch_kwargs
@@ -81,10 +81,6 @@ def train_model(
     history = train(clf, data, cfg, desc=f"train {arch}", quiet=quiet, state_path=state_path)
     scores = evaluate(clf, test, attack) if test is not None else None
     return TrainResult(clf, history, scores, poisoned, time.perf_counter() - start, attack=attack)
-
-
-def with_epochs(cfg: TrainConfig, epochs: int | None) -> TrainConfig:
-    return cfg if epochs is None else replace(cfg, epochs=epochs)
 
 
 @dataclass
@@ -190,7 +186,7 @@ def _few_ints(values: list[int], n: int = 10) -> str:
 def erase(
     model: Classifier,
     clean: ImageData,
-    defense: Any = None,
+    defense: Defense | None = None,
     test: ImageData | None = None,
     attack: Attack | None = None,
     baseline: bool = True,
@@ -206,6 +202,7 @@ def erase(
     the per-epoch curves there too.
     """
     from nad.defenses import NAD, FineTune
+    from nad.defenses.settings import config_seed
 
     start = time.perf_counter()
     defense = defense if defense is not None else NAD()
@@ -214,18 +211,20 @@ def erase(
     before = score(model)
     subset = fixed_subset(test, curve_subset) if test is not None and curve_subset else None
     recorder = CurveRecorder(subset, attack, tensorboard)
-    finetune, baseline_seconds, extra = None, None, {}
+    finetune, baseline_seconds, fine_tuned = None, None, None
     if baseline and not isinstance(defense, FineTune):
         budget = getattr(defense.config, "train", None)
-        ft_cfg = budget if isinstance(budget, TrainConfig) else TrainConfig()
+        # The same budget as the defense's own schedule; a defense without one (ANP, I-BAU) is compared with
+        # the default fine-tuning, run with the defense's seed.
+        ft_cfg = budget if isinstance(budget, TrainConfig) else TrainConfig(seed=config_seed(defense.config))
         shared = shared_finetuning(defense, ft_cfg)
         ft_model, snapshot, baseline_seconds = run_baseline(
             model, clean, ft_cfg, shared.epochs if shared else None, quiet, recorder
         )
         finetune = score(ft_model)
         if shared is not None and snapshot is not None:
-            extra = {shared.argument: snapshot}
-    repair = defense.repair(model, clean, quiet=quiet, monitor=recorder, **extra)
+            fine_tuned = snapshot
+    repair = defense.repair(model, clean, quiet=quiet, monitor=recorder, fine_tuned=fine_tuned)
     distributed.sync_state(repair.model.module)  # under torchrun: score and save the same model on every rank
     after = score(repair.model)
     if isinstance(defense, FineTune):
@@ -234,13 +233,13 @@ def erase(
         repair.log.setdefault("seconds", {})["finetune_baseline"] = baseline_seconds
         start_from = defense.fine_tuned_start()
         if start_from is not None:
-            repair.log[f"{start_from.argument}_from_baseline"] = bool(extra)
+            repair.log[f"{start_from.role}_from_baseline"] = fine_tuned is not None
     recorder.close()
     seconds = time.perf_counter() - start
     return EraseResult(repair.model, before, after, finetune, repair.log, len(clean), seconds, recorder.curves)
 
 
-def shared_finetuning(defense: Any, ft_cfg: TrainConfig) -> FineTunedStart | None:
+def shared_finetuning(defense: Defense, ft_cfg: TrainConfig) -> FineTunedStart | None:
     """The fine-tuning a defense starts from, when it is exactly a prefix of the baseline run.
 
     NAD's teacher and MCR's t = 1 end are plain fine-tuning with the defense's own schedule, seed and data
@@ -257,7 +256,12 @@ def shared_finetuning(defense: Any, ft_cfg: TrainConfig) -> FineTunedStart | Non
 
 
 def run_baseline(
-    model: Classifier, clean: ImageData, cfg: TrainConfig, snapshot_epochs: int | None, quiet: bool, recorder: Any
+    model: Classifier,
+    clean: ImageData,
+    cfg: TrainConfig,
+    snapshot_epochs: int | None,
+    quiet: bool,
+    recorder: CurveRecorder,
 ) -> tuple[Classifier, Classifier | None, float]:
     """Plain fine-tuning at the defense's budget; optionally a copy of the model after ``snapshot_epochs``."""
     from nad.defenses import FineTune

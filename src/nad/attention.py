@@ -172,18 +172,3 @@ def auto_layers(model: nn.Module, sample: Tensor, count: int = 3) -> list[str]:
 
 def _has_conv(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
-
-
-@torch.no_grad()
-def region_share(model: nn.Module, inputs: Tensor, layer: str, mask: Tensor, p: float = 2.0) -> Tensor:
-    """Per image, the share of a layer's attention that falls inside ``mask`` (H, W) of the input.
-
-    The normalised map's squares sum to 1, so they are a distribution over the layer's positions; it is
-    spread (nearest) onto the input grid and summed over the mask. A model that looks at the region as
-    much as anywhere else gives the mask's area share; a backdoored model looks far more at its trigger.
-    """
-    (features,) = capture(model, inputs, [layer])
-    h, w = features.shape[2:]
-    weights = attention_map(features, p).pow(2).view(len(inputs), 1, h, w)
-    spread = F.interpolate(weights, size=tuple(mask.shape), mode="nearest") * (h * w / mask.numel())
-    return (spread.squeeze(1) * mask.to(spread.device)).sum((1, 2))

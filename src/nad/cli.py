@@ -16,7 +16,6 @@ from typing import Any, NoReturn
 
 from nad.errors import NadError
 
-Handler = Callable[[argparse.Namespace], int]
 #: Commands that run data-parallel under torchrun (see docs/distributed.md); others run alone in each process.
 DISTRIBUTED_COMMANDS = ("train", "erase")
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -133,7 +132,7 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tensorboard", metavar="DIR", help="also log the per-epoch curves to TensorBoard in DIR")
     p.add_argument("--seed", type=int, default=0)
-    precision_args(p)
+    precision_args(p, default=None)
     model_args(p)
     out_args(p)
     common(p)

@@ -17,12 +17,12 @@ from nad.attacks import Attack, parse_attack
 from nad.data import ImageData, fingerprint, load_data
 from nad.data.sources import DEFAULT_NORMALIZE, parse_data_spec, test_spec
 from nad.data.stream import open_train_data
+from nad.defenses.base import Defense
 from nad.device import resolve_device
 from nad.errors import NadError
 from nad.io import check_out_dir, output_set, sibling, write_json
 from nad.metrics import Scores, evaluate
 from nad.models import Classifier, load_model, parse_normalize, save_model
-from nad.spec import override
 from nad.training import NonFiniteLoss, TrainConfig, load_profile
 
 
@@ -194,51 +194,26 @@ def parse_list(text: str | None, kind: type, what: str, required: bool = False) 
     return values
 
 
-def defense_from_args(args: argparse.Namespace):  # -> Defense
-    """``--defense NAME[:key=value,...]``: the defense's ``Config`` defaults, then the generic flags.
+def defense_from_args(args: argparse.Namespace) -> Defense:
+    """``--defense NAME[:key=value,...]`` with the run flags, built by ``nad.defenses.settings.defense_config``.
 
-    ``--seed``, ``--precision``, ``--channels-last`` and ``--epochs`` go to the config's ``train`` schedule (or
-    the config itself when it is a ``TrainConfig``), ``--seed`` also to a top-level ``seed``;
-    ``--teacher-epochs``, ``--layers``, ``--betas`` and ``--p`` to the fields of those names. ``key=value``
-    pairs set any field, nested ones with dots (``anp:iterations=500``, ``mcr:t=0.4,curve.epochs=50``). A flag
-    the defense has no field for is refused.
+    ``--seed``, ``--precision``, ``--channels-last`` go to every schedule of the defense and ``--epochs`` to
+    its main one; ``--teacher-epochs``, ``--layers``, ``--betas`` and ``--p`` to the fields of those names;
+    ``key=value`` pairs set any field, nested ones with dots (``anp:iterations=500``,
+    ``mcr:t=0.4,curve.epochs=50``). A flag the defense cannot honour is refused.
     """
-    import dataclasses
-
     from nad.defenses import defense_class
-    from nad.spec import split_spec
-    from nad.training import TrainConfig
+    from nad.defenses.settings import RunSettings, defense_config
 
-    name, params = split_spec(args.defense)
-    cls = defense_class(name)
-    cfg = cls.Config()
-
-    def schedule(train: TrainConfig) -> TrainConfig:
-        train = replace(train, seed=args.seed, precision=args.precision, channels_last=args.channels_last)
-        return train if args.epochs is None else replace(train, epochs=args.epochs)
-
-    flags = {
+    settings = RunSettings(args.seed, args.precision, args.channels_last, args.epochs)
+    fields = {
         "teacher_epochs": args.teacher_epochs,
         "layers": parse_list(args.layers, str, "--layers", required=args.layers is not None) or None,
         "betas": parse_list(args.betas, float, "--betas", required=args.betas is not None) or None,
         "p": args.p,
     }
-    fields = set() if isinstance(cfg, TrainConfig) else {f.name for f in dataclasses.fields(cfg)}
-    for key, value in flags.items():
-        if value is not None and key not in fields:
-            raise NadError(f"--{key.replace('_', '-')} does not apply to {name} (see nad defenses)")
-    if isinstance(cfg, TrainConfig):
-        cfg = schedule(cfg)
-    else:
-        updates: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-        if isinstance(getattr(cfg, "train", None), TrainConfig):
-            updates["train"] = schedule(cfg.train)
-        elif args.epochs is not None:
-            raise NadError(f"--epochs does not apply to {name}, which has no training schedule (see nad defenses)")
-        if "seed" in fields:
-            updates["seed"] = args.seed
-        cfg = replace(cfg, **updates)
-    return cls(override(cfg, params, name))
+    name, config = defense_config(args.defense, settings, fields)
+    return defense_class(name)(config)
 
 
 def config_rows(cfg: Any, prefix: str = "") -> list[tuple[str, str, Any]]:

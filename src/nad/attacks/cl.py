@@ -168,7 +168,7 @@ class LabelConsistent(CleanLabelAttack):
             for _ in range(self.steps):
                 adv.requires_grad_(True)
                 with torch.enable_grad():
-                    loss = F.cross_entropy(clf(adv * 255), labels, reduction="sum")
+                    loss = F.cross_entropy(clf.module(clf.preprocess_float(adv)), labels, reduction="sum")
                     (grad,) = torch.autograd.grad(loss, adv)
                 adv = adv.detach().add_(grad.sign(), alpha=step)
                 adv = torch.minimum(torch.maximum(adv, clean - eps), clean + eps).clamp_(0, 1)

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from nad.errors import NadError
-from nad.spec import build, closest, split_spec
+from nad.registry import Registry
+from nad.spec import build, split_spec
 
-ATTACKS: dict[str, type] = {}
+if TYPE_CHECKING:  # the attacks import this registry to register themselves
+    from nad.attacks.base import Attack
+
+ATTACKS: Registry[type] = Registry("attack")
 A = TypeVar("A", bound=type)
 
 
 def register_attack(cls: A) -> A:
-    ATTACKS[cls.name] = cls  # type: ignore[attr-defined]
-    return cls
+    return ATTACKS.add(cls.name, cls)  # type: ignore[attr-defined]
 
 
-def parse_attack(spec: str):  # -> Attack (imported lazily to avoid a cycle)
+def parse_attack(spec: str) -> Attack:
     """``"badnets:target=5,pattern=grid"`` -> ``BadNets(target=5, pattern="grid")``."""
     name, params = split_spec(spec)
-    if name not in ATTACKS:
-        raise NadError(f"unknown attack {name!r}{closest(name, ATTACKS)}; known: {', '.join(sorted(ATTACKS))}")
-    return build(ATTACKS[name], params, f"attack {name}")
+    return build(ATTACKS.get_entry(name), params, f"attack {name}")

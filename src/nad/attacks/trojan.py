@@ -95,7 +95,7 @@ class NeuronReader:
         else:
             handle = self.module.register_forward_hook(lambda _m, _args, out: store.append(out))
         try:
-            self.clf.module(self.clf.preprocess(x * 255))
+            self.clf.module(self.clf.preprocess_float(x))
         finally:
             handle.remove()
         name = self.layer or "the last linear layer"

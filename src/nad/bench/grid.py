@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from nad.attacks.base import Attack
 from nad.bench.config import BenchConfig, Study
 from nad.errors import NadError
 from nad.spec import build, closest, split_spec
@@ -147,44 +148,26 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def resolve_attack(spec: str, cfg: BenchConfig):  # -> Attack
+def resolve_attack(spec: str, cfg: BenchConfig) -> Attack:
     """The attack a listed spec names, with the bench's ``attack_params`` for it under the spec's own."""
     from nad.attacks import ATTACKS
 
     name, params = split_spec(spec)
-    if name not in ATTACKS:
-        raise NadError(f"unknown attack {name!r}{closest(name, ATTACKS)}; known: {', '.join(sorted(ATTACKS))}")
     merged = {**flatten(cfg.attack_params.get(name, {})), **params}
-    return build(ATTACKS[name], merged, f"attack {spec}")
-
-
-def seeded(config: Any, seed: int) -> Any:
-    """``config`` with ``seed`` in every training schedule it holds and in a top-level ``seed`` field."""
-    if isinstance(config, TrainConfig):
-        return replace(config, seed=seed)
-    updates = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if isinstance(value, TrainConfig):
-            updates[f.name] = replace(value, seed=seed)
-        elif f.name == "seed" and isinstance(value, int):
-            updates[f.name] = seed
-    return replace(config, **updates)
+    return build(ATTACKS.get_entry(name), merged, f"attack {spec}")
 
 
 def resolve_defense(spec: str, cfg: BenchConfig, seed: int) -> tuple[str, Any]:
-    """``(name, Config instance)``: defaults, the seed, the bench's ``defense_params``, then the spec's own."""
-    from nad.defenses import defense_class
-    from nad.spec import override
+    """``(name, Config instance)``: defaults, the seed in every schedule, the bench's ``defense_params``, then
+    the spec's own (``nad.defenses.settings.defense_config``, as for ``nad erase``)."""
+    from nad.defenses.settings import RunSettings, defense_config
 
     name, params = split_spec(spec)
     if name == NONE:
         if params:
             raise NadError(f"defense {spec!r}: 'none' takes no parameters")
         return NONE, None
-    cls = defense_class(name)
-    merged = {**flatten(cfg.defense_params.get(name, {})), **params}
-    return name, override(seeded(cls.Config(), seed), merged, f"defense {spec}")
+    return defense_config(spec, RunSettings(seed=seed), params=flatten(cfg.defense_params.get(name, {})))
 
 
 def data_specs(cfg: BenchConfig) -> tuple[str, str, str]:

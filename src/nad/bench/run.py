@@ -27,7 +27,7 @@ from nad.bench.results import ResultStore, attack_labels, defense_label, read_ro
 from nad.data import ImageData, load_data, stratified_split
 from nad.errors import NadError
 from nad.io import write_json
-from nad.metrics import Scores, defense_effectiveness, predict
+from nad.metrics import Scores, defense_effectiveness, evaluate
 from nad.models import Classifier
 from nad.training import NonFiniteLoss
 
@@ -68,20 +68,10 @@ def load_bench_data(cfg: BenchConfig, device: torch.device | str) -> BenchData:
 
 
 def measure(clf: Classifier, test: ImageData, attack: Any) -> dict[str, float | None]:
-    """ACC, ASR and RA as ``nad.metrics.evaluate`` gives them, plus ACC on the non-target images alone."""
-    correct = predict(clf, test.x) == test.y
-    acc = 100.0 * float(correct.float().mean())
-    if attack is None:
-        return {"acc": acc, "asr": None, "ra": None, "acc_nontarget": acc}
-    keep = test.y != attack.target if attack.mode == "all2one" else torch.ones_like(correct)
-    triggered = attack.test_set(test)
-    hit = predict(clf, triggered.x)
-    return {
-        "acc": acc,
-        "asr": 100.0 * float((hit == triggered.y).float().mean()),
-        "ra": 100.0 * float((hit == test.y[keep]).float().mean()),
-        "acc_nontarget": 100.0 * float(correct[keep].float().mean()),
-    }
+    """ACC, ASR, RA and ACC on the non-target images, as ``nad.metrics.evaluate`` gives them (unrounded)."""
+    scores = evaluate(clf, test, attack)
+    acc_nontarget = scores.acc if attack is None else scores.acc_nontarget
+    return {"acc": scores.acc, "asr": scores.asr, "ra": scores.ra, "acc_nontarget": acc_nontarget}
 
 
 def as_scores(measured: dict[str, float | None]) -> Scores:

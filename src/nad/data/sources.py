@@ -242,12 +242,6 @@ def _guess_kind(path: Path) -> str:
     return "folder"
 
 
-def has_split(spec: str) -> bool:
-    """Whether a data spec names a source with an official train/test split."""
-    kind, _, _ = parse_data_spec(spec)
-    return kind in ("cifar10", "digits", "gtsrb")
-
-
 def load_data(spec: str, default_split: str = "train") -> ImageData:
     kind, location, split = parse_data_spec(spec, default_split)
     if kind == "cifar10":

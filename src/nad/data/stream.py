@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from nad.data.dataset import ImageData
 from nad.data.images import read_image
 from nad.data.sources import load_data, parse_data_spec, scan_folder
+from nad.data.trigger import Trigger
 from nad.errors import NadError
 
 #: Above this many bytes of decoded uint8 pixels, a training folder is streamed instead of loaded.
@@ -43,7 +44,7 @@ class FolderImages(Dataset):
         labels: Tensor,
         size: tuple[int, int],
         num_classes: int,
-        attack: object = None,  # Attack | None (nad.attacks imports nad.data)
+        attack: Trigger | None = None,
         poisoned: Tensor | None = None,
     ) -> None:
         self.files = files
@@ -60,14 +61,14 @@ class FolderImages(Dataset):
         i = int(i)
         x = torch.from_numpy(read_image(self.files[i], self.size).transpose(2, 0, 1).copy())
         if self.poisoned[i]:
-            x = self.attack.poison_images(x[None], self.labels[i : i + 1])[0]  # type: ignore[attr-defined]
+            x = self.attack.poison_images(x[None], self.labels[i : i + 1])[0]
         return x, self.target(i)
 
     def target(self, i: int) -> Tensor:
         """The training label: the attack's target for a poisoned image of a label-flip attack."""
         y = self.labels[i : i + 1]
-        if self.poisoned[i] and not self.attack.clean_label:  # type: ignore[attr-defined]
-            y = self.attack.target_labels(y, self.num_classes)  # type: ignore[attr-defined]
+        if self.poisoned[i] and not self.attack.clean_label:
+            y = self.attack.target_labels(y, self.num_classes)
         return y[0]
 
 
@@ -99,15 +100,13 @@ class StreamData:
         """Batches will be moved to ``device``; nothing is loaded."""
         return replace(self, device=torch.device(device))
 
-    def with_poison(self, attack: object, chosen: Tensor) -> StreamData:
-        """This data with ``attack``'s trigger (and labels) on the images at ``chosen``, applied as they are read.
-
-        ``attack`` is an ``nad.attacks.Attack`` (typed loosely: the attacks sit above the data);
-        ``Attack.poison_stream`` chooses the images."""
+    def with_poison(self, attack: Trigger, chosen: Tensor) -> StreamData:
+        """This data with ``attack``'s trigger (and labels) on the images at ``chosen``, applied as they are
+        read; ``Attack.poison_stream`` chooses the images."""
         mask = torch.zeros(len(self), dtype=torch.bool)
         mask[chosen] = True
         images = FolderImages(self.images.files, self.y, self.images.size, self.num_classes, attack, mask)
-        return replace(self, images=images, name=f"{self.name}+{attack.name}")  # type: ignore[attr-defined]
+        return replace(self, images=images, name=f"{self.name}+{attack.name}")
 
     def loader(self, batch_sampler: Iterable[Tensor]) -> DataLoader:
         """A DataLoader yielding (uint8 images, labels) on the CPU for the index batches of ``batch_sampler``."""

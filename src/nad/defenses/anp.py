@@ -112,9 +112,6 @@ class NeuronPerturbation:
         for n in self.noise_w + self.noise_b:
             n.copy_((torch.rand(n.shape, generator=gen) * 2 - 1).mul_(eps).to(n.device))
 
-    def mask_values(self) -> Tensor:
-        return torch.cat([m.detach() for m in self.masks])
-
 
 @register_defense
 class ANP(Defense):
@@ -180,7 +177,12 @@ class ANP(Defense):
         return names, values, losses
 
     def repair(
-        self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
+        self,
+        model: Classifier,
+        clean: ImageData,
+        quiet: bool = False,
+        monitor: Monitor | None = None,
+        fine_tuned: Classifier | None = None,
     ) -> Repair:
         cfg: ANPConfig = self.config
         start = time.perf_counter()

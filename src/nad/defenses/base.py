@@ -27,12 +27,13 @@ class Repair:
 
 @dataclass(frozen=True)
 class FineTunedStart:
-    """A plain fine-tuning run that a defense starts from: its schedule, its length, and the ``repair``
-    keyword that accepts the fine-tuned model ready-made (``erase`` then takes it from its baseline run)."""
+    """A plain fine-tuning run that a defense starts from: its schedule, its length, and its role in the
+    defense (``teacher``, ``end``). ``repair(..., fine_tuned=model)`` accepts that model ready-made, and
+    ``erase`` then takes it from its baseline run."""
 
     config: TrainConfig
     epochs: int
-    argument: str
+    role: str
 
 
 class Defense:
@@ -52,11 +53,17 @@ class Defense:
         """Refuse a configuration that cannot work on this model, before any training starts."""
 
     def repair(
-        self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
+        self,
+        model: Classifier,
+        clean: ImageData,
+        quiet: bool = False,
+        monitor: Monitor | None = None,
+        fine_tuned: Classifier | None = None,
     ) -> Repair:
         """Return a purified copy of ``model``; ``model`` itself is left untouched.
 
-        ``monitor``, when given, is called after each training epoch (for curves in reports).
+        ``monitor``, when given, is called after each training epoch (for curves in reports). ``fine_tuned``
+        is the model of ``fine_tuned_start()`` made already (defenses that start from none ignore it).
         """
         raise NotImplementedError
 

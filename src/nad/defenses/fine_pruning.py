@@ -174,7 +174,12 @@ class FinePruning(Defense):
     Config = FinePruningConfig
 
     def repair(
-        self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
+        self,
+        model: Classifier,
+        clean: ImageData,
+        quiet: bool = False,
+        monitor: Monitor | None = None,
+        fine_tuned: Classifier | None = None,
     ) -> Repair:
         cfg: FinePruningConfig = self.config
         start = time.perf_counter()

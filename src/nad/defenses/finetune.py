@@ -22,7 +22,12 @@ class FineTune(Defense):
     Config = TrainConfig
 
     def repair(
-        self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
+        self,
+        model: Classifier,
+        clean: ImageData,
+        quiet: bool = False,
+        monitor: Monitor | None = None,
+        fine_tuned: Classifier | None = None,
     ) -> Repair:
         start = time.perf_counter()
         student = model.clone()

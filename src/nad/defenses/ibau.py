@@ -68,20 +68,10 @@ def pixels(x: Tensor) -> Tensor:
     return x.float().div(255.0)
 
 
-def normalise(clf: Classifier, x01: Tensor) -> Tensor:
-    """Float images in [0, 1] -> model inputs (the normalisation ``clf.preprocess`` applies)."""
-    norm = clf.info.normalize
-    if norm is None:
-        return x01
-    mean = torch.tensor(norm.mean, device=x01.device).view(1, -1, 1, 1)
-    std = torch.tensor(norm.std, device=x01.device).view(1, -1, 1, 1)
-    return (x01 - mean) / std
-
-
 def perturbed(clf: Classifier, x: Tensor, delta: Tensor, rows: Tensor | None = None) -> Tensor:
     """Model inputs for uint8 ``x`` with ``delta`` added (to the ``rows`` mask only, if given), clamped to [0, 1]."""
     patch = delta if rows is None else delta * rows.view(-1, 1, 1, 1).to(delta.dtype)
-    return normalise(clf, (pixels(x) + patch).clamp(0.0, 1.0))
+    return clf.preprocess_float((pixels(x) + patch).clamp(0.0, 1.0))
 
 
 def fixed_point_hypergradient(
@@ -115,7 +105,12 @@ class IBAU(Defense):
     Config = IBAUConfig
 
     def repair(
-        self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
+        self,
+        model: Classifier,
+        clean: ImageData,
+        quiet: bool = False,
+        monitor: Monitor | None = None,
+        fine_tuned: Classifier | None = None,
     ) -> Repair:
         """``monitor`` (phase ``unlearn``) is called after every round."""
         cfg: IBAUConfig = self.config

@@ -230,9 +230,10 @@ class MCR(Defense):
         clean: ImageData,
         quiet: bool = False,
         monitor: Monitor | None = None,
-        end: Classifier | None = None,
+        fine_tuned: Classifier | None = None,
     ) -> Repair:
-        curve, log = self.fit(model, clean, quiet=quiet, end=end, monitor=monitor)
+        """``fine_tuned``: the curve's t = 1 end made already (else it is fine-tuned from ``model``)."""
+        curve, log = self.fit(model, clean, quiet=quiet, end=fine_tuned, monitor=monitor)
         start = time.perf_counter()
         point = self.at(curve, self.config.t, clean)
         log["t"] = self.config.t

@@ -133,14 +133,15 @@ class NAD(Defense):
         clean: ImageData,
         quiet: bool = False,
         monitor: Monitor | None = None,
-        teacher: Classifier | None = None,
+        fine_tuned: Classifier | None = None,
     ) -> Repair:
-        """Purify ``model``; a ready ``teacher`` may be given, else one is fine-tuned from ``model``."""
+        """Purify ``model``; a ready teacher may be given as ``fine_tuned``, else one is fine-tuned from it."""
         cfg: NADConfig = self.config
         sample = model.preprocess(clean.x[:2])
         layers, betas = resolve_layers(model, sample, cfg)
         log: dict[str, Any] = {"layers": list(layers), "betas": list(betas), "seconds": {}}
         start = time.perf_counter()
+        teacher = fine_tuned
         if teacher is None:
             teacher = model.clone()
             teacher_cfg = replace(cfg.train, epochs=cfg.teacher_epochs)

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from nad.errors import NadError
-from nad.spec import closest
+from nad.registry import Registry
 
-DEFENSES: dict[str, type] = {}
+DEFENSES: Registry[type] = Registry("defense")
 D = TypeVar("D", bound=type)
 
 
 def register_defense(cls: D) -> D:
-    DEFENSES[cls.name] = cls  # type: ignore[attr-defined]
-    return cls
+    return DEFENSES.add(cls.name, cls)  # type: ignore[attr-defined]
 
 
 def defense_class(name: str) -> type:
-    if name not in DEFENSES:
-        raise NadError(f"unknown defense {name!r}{closest(name, DEFENSES)}; known: {', '.join(sorted(DEFENSES))}")
-    return DEFENSES[name]
+    return DEFENSES.get_entry(name)

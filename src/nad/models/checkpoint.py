@@ -160,6 +160,12 @@ class Classifier:
         scale, shift = self._scale_shift(x.device)
         return torch.addcmul(shift, x.float(), scale)
 
+    def preprocess_float(self, x01: Tensor) -> Tensor:
+        """Float images in [0, 1] (N, C, H, W) -> model inputs, normalised exactly as ``preprocess`` does
+        uint8 ones: the entry for attacks and defenses that optimise pixels (Trojan, CL, I-BAU)."""
+        scale, shift = self._scale_shift(x01.device)
+        return torch.addcmul(shift, x01, scale * 255.0)
+
     def _scale_shift(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """``x / 255`` then ``(x - mean) / std`` folded into ``x * scale + shift``; cached per device."""
         if device not in self._affine:

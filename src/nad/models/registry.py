@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from nad.errors import NadError
-from nad.spec import closest
+from nad.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,14 @@ class ModelEntry:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-MODELS: dict[str, ModelEntry] = {}
+MODELS: Registry[ModelEntry] = Registry("architecture")
 
 
 def register_model(
     name: str, nad_layers: tuple[str, ...] = (), nad_betas: tuple[float, ...] = (), **kwargs: Any
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS[name] = ModelEntry(name, fn, nad_layers, nad_betas, kwargs)
+        MODELS.add(name, ModelEntry(name, fn, nad_layers, nad_betas, kwargs))
         return fn
 
     return wrap
@@ -63,7 +63,7 @@ def model_entry(arch: str) -> ModelEntry:
         if ":" not in arch:
             raise NadError(f"--arch {arch}: name the class too, as path/to/file.py:ClassName")
         return ModelEntry(arch, _load_user_class(arch))
-    raise NadError(f"unknown architecture {arch!r}{closest(arch, MODELS)}; known: {', '.join(sorted(MODELS))}")
+    return MODELS.get_entry(arch)  # an unknown name: one line with the close matches
 
 
 def create_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
