@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nad import distributed
+from nad.attacks import parse_attack
 from nad.attacks.base import Attack
 from nad.data.dataset import ImageData
 from nad.data.stream import StreamData
@@ -316,3 +317,50 @@ def save_erase_outputs(
         rows = [("before", original, layers), ("after", result.model, layers)]
         figure = attention_figure(rows, clean, triggered, out / "attention.png", test.classes)
     write_erase_report(out, summary, result.curves, figure)
+
+
+def attack_for(spec: str | None, data: ImageData) -> Attack | None:
+    if not spec:
+        return None
+    attack = parse_attack(spec)
+    attack.check(data.num_classes, data.image_shape)
+    return attack
+
+
+def model_attack(override: str | None, clf: Classifier, model_path: str, data: ImageData) -> Attack | None:
+    """The ``--attack`` given, else the model's recorded one with its files found beside the model."""
+    if override:
+        return attack_for(override, data)
+    attack = attack_for(clf.info.attack, data)
+    path = Path(model_path)
+    return attack.rebase(path if path.is_dir() else path.parent) if attack else None
+
+
+#: The fewest test images, and classes, whose scores mean something.
+MIN_TEST_IMAGES = 10
+
+
+def check_fits(clf: Classifier, data: ImageData, role: str = "test") -> None:
+    """Refuse data the model cannot take (classes, channels, image size) or too little to score on.
+
+    A foreign model's image size is unknown (0 x 0) until now: it is taken from the data."""
+    if data.num_classes > clf.info.num_classes:
+        raise NadError(
+            f"{data.name} has {data.num_classes} classes but the model predicts {clf.info.num_classes} "
+            "(is --num-classes right?)"
+        )
+    channels, height, width = clf.info.input_size
+    if data.image_shape[0] != channels:
+        raise NadError(f"{data.name} has {data.image_shape[0]} channels but the model expects {channels}")
+    if height == 0:
+        clf.info = replace(clf.info, input_size=data.image_shape)
+    elif data.image_shape[1:] != (height, width):
+        h, w = data.image_shape[1:]
+        raise NadError(f"{data.name} holds {h}x{w} images but the model was trained on {height}x{width}")
+    if role == "test":
+        present = int((data.class_counts() > 0).sum())
+        if len(data) < MIN_TEST_IMAGES or present < 2:
+            raise NadError(
+                f"{data.name}: {len(data)} image(s) of {present} class(es) are too few to score a model on "
+                f"(at least {MIN_TEST_IMAGES} images of 2 classes)"
+            )

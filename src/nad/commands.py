@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from nad import distributed
-from nad.api import train_model
-from nad.attacks import Attack, parse_attack
+from nad.api import attack_for, check_fits, model_attack, train_model
+from nad.attacks import parse_attack
 from nad.data import ImageData, fingerprint, load_data
 from nad.data.sources import DEFAULT_NORMALIZE, parse_data_spec, test_spec
 from nad.data.stream import open_train_data
@@ -23,24 +23,8 @@ from nad.errors import NadError
 from nad.io import check_out_dir, output_set, sibling, write_json
 from nad.metrics import Scores, evaluate
 from nad.models import Classifier, load_model, parse_normalize, save_model
+from nad.spec import config_rows, parse_list
 from nad.training import NonFiniteLoss, TrainConfig, load_profile
-
-
-def attack_for(spec: str | None, data: ImageData) -> Attack | None:
-    if not spec:
-        return None
-    attack = parse_attack(spec)
-    attack.check(data.num_classes, data.image_shape)
-    return attack
-
-
-def model_attack(override: str | None, clf: Classifier, model_path: str, data: ImageData) -> Attack | None:
-    """The ``--attack`` given, else the model's recorded one with its files found beside the model."""
-    if override:
-        return attack_for(override, data)
-    attack = attack_for(clf.info.attack, data)
-    path = Path(model_path)
-    return attack.rebase(path if path.is_dir() else path.parent) if attack else None
 
 
 def print_scores(rows: dict[str, Scores | None]) -> None:
@@ -151,49 +135,6 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The fewest test images, and classes, whose scores mean something.
-MIN_TEST_IMAGES = 10
-
-
-def check_fits(clf: Classifier, data: ImageData, role: str = "test") -> None:
-    """Refuse data the model cannot take (classes, channels, image size) or too little to score on.
-
-    A foreign model's image size is unknown (0 x 0) until now: it is taken from the data."""
-    if data.num_classes > clf.info.num_classes:
-        raise NadError(
-            f"{data.name} has {data.num_classes} classes but the model predicts {clf.info.num_classes} "
-            "(is --num-classes right?)"
-        )
-    channels, height, width = clf.info.input_size
-    if data.image_shape[0] != channels:
-        raise NadError(f"{data.name} has {data.image_shape[0]} channels but the model expects {channels}")
-    if height == 0:
-        clf.info = replace(clf.info, input_size=data.image_shape)
-    elif data.image_shape[1:] != (height, width):
-        h, w = data.image_shape[1:]
-        raise NadError(f"{data.name} holds {h}x{w} images but the model was trained on {height}x{width}")
-    if role == "test":
-        present = int((data.class_counts() > 0).sum())
-        if len(data) < MIN_TEST_IMAGES or present < 2:
-            raise NadError(
-                f"{data.name}: {len(data)} image(s) of {present} class(es) are too few to score a model on "
-                f"(at least {MIN_TEST_IMAGES} images of 2 classes)"
-            )
-
-
-def parse_list(text: str | None, kind: type, what: str, required: bool = False) -> tuple:
-    """A comma-separated option as a tuple of ``kind``; ``required``: an empty list is refused."""
-    if not text and not required:
-        return ()
-    try:
-        values = tuple(kind(v.strip()) for v in (text or "").split(",") if v.strip())
-    except ValueError:
-        raise NadError(f"{what} {text!r}: expected a comma-separated list of {kind.__name__}") from None
-    if required and not values:
-        raise NadError(f"{what} {text!r}: names nothing; leave it out for the default")
-    return values
-
-
 def defense_from_args(args: argparse.Namespace) -> Defense:
     """``--defense NAME[:key=value,...]`` with the run flags, built by ``nad.defenses.settings.defense_config``.
 
@@ -214,22 +155,6 @@ def defense_from_args(args: argparse.Namespace) -> Defense:
     }
     name, config = defense_config(args.defense, settings, fields)
     return defense_class(name)(config)
-
-
-def config_rows(cfg: Any, prefix: str = "") -> list[tuple[str, str, Any]]:
-    """``(name, type, default)`` for every field of a config instance, nested dataclasses flattened."""
-    import dataclasses
-
-    from nad.spec import describe
-
-    rows = []
-    for name, type_name, _ in describe(type(cfg)):
-        value = getattr(cfg, name)
-        if dataclasses.is_dataclass(value):
-            rows += config_rows(value, f"{prefix}{name}.")
-        else:
-            rows.append((prefix + name, type_name, value))
-    return rows
 
 
 def print_registry(registry: dict[str, type], rows_of: Callable[[type], list[tuple[str, str, Any]]]) -> None:

@@ -65,13 +65,17 @@ MANIFEST = "manifest.json"
 _RENAME_EXCHANGE = 2
 
 
-def check_out_dir(path: str | Path, overwrite: bool) -> Path:
-    """``--out``: refuse an existing non-empty folder unless ``overwrite``, and anything that is not a folder."""
+def check_out_dir(path: str | Path, overwrite: bool, resumable: str | None = None) -> Path:
+    """``--out``: refuse an existing non-empty folder unless ``overwrite`` (or, with ``resumable``, unless it
+    holds that file: a folder an earlier run of the same command wrote and will go on with), and anything
+    that is not a folder."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise NadError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise NadError(f"--out {out}: exists and is not empty (use --overwrite to replace it)")
+    mine = resumable is not None and (out / resumable).is_file()
+    if out.is_dir() and any(out.iterdir()) and not overwrite and not mine:
+        what = "not empty" if resumable is None else "not empty and not a nad bench folder"
+        raise NadError(f"--out {out}: {what} (use --overwrite to write into it)")
     if not out.parent.is_dir():
         out.parent.mkdir(parents=True, exist_ok=True)  # an OSError here is reported as one line by the CLI
     return out

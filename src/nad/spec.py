@@ -131,3 +131,28 @@ def override(cfg: Any, params: dict[str, str], what: str) -> Any:
         return replace(cfg, **updates)
     except (TypeError, ValueError) as exc:
         raise NadError(f"{what}: {exc}") from None
+
+
+def parse_list(text: str | None, kind: type, what: str, required: bool = False) -> tuple:
+    """A comma-separated option as a tuple of ``kind``; ``required``: an empty list is refused."""
+    if not text and not required:
+        return ()
+    try:
+        values = tuple(kind(v.strip()) for v in (text or "").split(",") if v.strip())
+    except ValueError:
+        raise NadError(f"{what} {text!r}: expected a comma-separated list of {kind.__name__}") from None
+    if required and not values:
+        raise NadError(f"{what} {text!r}: names nothing; leave it out for the default")
+    return values
+
+
+def config_rows(cfg: Any, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """``(name, type, default)`` for every field of a config instance, nested dataclasses flattened."""
+    rows = []
+    for name, type_name, _ in describe(type(cfg)):
+        value = getattr(cfg, name)
+        if dataclasses.is_dataclass(value):
+            rows += config_rows(value, f"{prefix}{name}.")
+        else:
+            rows.append((prefix + name, type_name, value))
+    return rows

@@ -9,16 +9,7 @@ from nad.bench.config import load_bench
 from nad.bench.grid import Shard
 from nad.bench.run import run_bench
 from nad.errors import NadError
-
-
-def bench_out(path: str, overwrite: bool) -> Path:
-    """The output folder: new, empty, or one a bench wrote before (which is resumed)."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise NadError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "bench.json").is_file() and not overwrite:
-        raise NadError(f"--out {out}: not empty and not a nad bench folder (use --overwrite to write into it)")
-    return out
+from nad.io import check_out_dir
 
 
 def parse_seeds(text: str | None) -> tuple[int, ...] | None:
@@ -35,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_bench(args.config, args.quick, args.data, args.test, parse_seeds(args.seeds), args.arch)
     shard = Shard.parse(args.shard)
-    out = bench_out(args.out, args.overwrite)
+    out = check_out_dir(args.out, args.overwrite, resumable="bench.json")  # a bench folder is resumed
     device = resolve_device(args.device, args.deterministic)
     zoo = Path(args.zoo) if args.zoo else (Path("zoo") if Path("zoo").is_dir() else None)
     outcome = run_bench(cfg, out, shard, args.quiet, device, report_only=args.report_only, zoo=zoo)
