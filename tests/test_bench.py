@@ -350,7 +350,7 @@ def write_gtsrb(root: Path) -> dict[str, list[int]]:
 
 
 def test_gtsrb_loader(tmp_path):
-    from nad.data.sources import DEFAULT_NORMALIZE, test_spec
+    from nad.data.sources import DEFAULT_NORMALIZE, default_test_spec
     from nad.models import parse_normalize
 
     labels = write_gtsrb(tmp_path / "GTSRB")
@@ -361,7 +361,7 @@ def test_gtsrb_loader(tmp_path):
         test = load_data(f"gtsrb:{root}:test")
         assert test.x.shape == (4, 3, 32, 32) and test.y.tolist() == labels["test"]
     assert load_data(str(tmp_path)).y.tolist() == labels["train"]  # a bare path is recognised
-    assert test_spec(f"gtsrb:{tmp_path}", None) == f"gtsrb:{tmp_path}:test"
+    assert default_test_spec(f"gtsrb:{tmp_path}", None) == f"gtsrb:{tmp_path}:test"
     assert parse_normalize(DEFAULT_NORMALIZE["gtsrb"]) is not None
     (tmp_path / "GTSRB" / "Final_Test" / "Images" / "GT-final_test.csv").unlink()
     with pytest.raises(NadError, match=r"GT-final_test\.csv"):

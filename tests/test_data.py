@@ -13,7 +13,7 @@ from helpers import Evil, cifar_arrays, write_cifar
 from PIL import Image
 
 from nad.data import ImageData, load_data, parse_data_spec, stratified_split
-from nad.data.sources import CIFAR10_CLASSES, load_cifar10, load_digits, load_folder, load_npz, test_spec
+from nad.data.sources import CIFAR10_CLASSES, default_test_spec, load_cifar10, load_digits, load_folder, load_npz
 from nad.errors import NadError
 
 # -- CIFAR-10 ---------------------------------------------------------------------------------------
@@ -377,5 +377,10 @@ def test_parse_data_spec_default_split_and_errors(tmp_path):
     write_cifar(tmp_path / "c", n=1)
     assert parse_data_spec(f"{tmp_path / 'c'}:test") == ("cifar10", str(tmp_path / "c"), "test")
     assert parse_data_spec(str(tmp_path / "c" / "cifar-10-batches-py"))[0] == "cifar10"
-    assert test_spec("digits", None) == "digits:test" and test_spec(f"cifar10:{tmp_path}", None).endswith(":test")
-    assert test_spec("npz:/a.npz", None) is None and test_spec("npz:/a.npz", "digits:test") == "digits:test"
+    assert default_test_spec("digits", None) == "digits:test" and default_test_spec(
+        f"cifar10:{tmp_path}", None
+    ).endswith(":test")
+    assert (
+        default_test_spec("npz:/a.npz", None) is None
+        and default_test_spec("npz:/a.npz", "digits:test") == "digits:test"
+    )

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("nad.models",),
     ("nad.attention", "nad.training", "nad.metrics"),
     ("nad.attacks",),
-    ("nad.defenses",),
+    ("nad.defenses", "nad.scan"),
     ("nad.api", "nad.viz", "nad.report", "nad.demo"),
     ("nad.bench",),
     ("nad.commands",),

@@ -138,6 +138,22 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     common(p)
 
 
+@command(
+    "scan", "look for a backdoor without knowing its trigger: trigger inversion and universal perturbations per class"
+)
+def _scan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model file or folder (as for nad eval)")
+    p.add_argument("--clean", required=True, help="clean data to scan with")
+    p.add_argument("--clean-ratio", type=float, default=0.05, help="share of --clean used (default 0.05)")
+    p.add_argument("--steps", type=int, default=150, help="trigger-inversion steps (default 150)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--out", help="folder for scan.json and the inverted triggers of flagged classes (PNG)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    p.add_argument("--seed", type=int, default=0)
+    model_args(p)
+    common(p)
+
+
 @command("defenses", "list the defenses nad erase --defense accepts, with their parameters and defaults")
 def _defenses_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")

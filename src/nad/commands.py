@@ -15,7 +15,7 @@ from nad import distributed
 from nad.api import attack_for, check_fits, model_attack, train_model
 from nad.attacks import parse_attack
 from nad.data import ImageData, fingerprint, load_data
-from nad.data.sources import DEFAULT_NORMALIZE, parse_data_spec, test_spec
+from nad.data.sources import DEFAULT_NORMALIZE, default_test_spec, parse_data_spec
 from nad.data.stream import open_train_data
 from nad.defenses.base import Defense
 from nad.device import resolve_device
@@ -38,7 +38,7 @@ def print_scores(rows: dict[str, Scores | None]) -> None:
 def run_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.deterministic)
     data = open_train_data(args.data, args.stream)
-    spec = test_spec(args.data, args.test)
+    spec = default_test_spec(args.data, args.test)
     test = load_data(spec, "test").to(device) if spec else None
     attack = attack_for(args.attack, data)
     kind, _, _ = parse_data_spec(args.data)
@@ -173,6 +173,33 @@ def print_registry(registry: dict[str, type], rows_of: Callable[[type], list[tup
         print()
 
 
+def run_scan(args: argparse.Namespace) -> int:
+    """``nad scan``: the verdict line, the per-class table, and with ``--out`` the JSON and trigger pictures."""
+    from nad.api import select_clean
+    from nad.scan import ScanConfig, format_table, scan
+    from nad.viz import trigger_figure
+
+    device = resolve_device(args.device, args.deterministic)
+    clf = load_classifier(args).to(device)
+    pool = load_data(args.clean, "train")
+    check_fits(clf, pool, role="clean")
+    out = check_out_dir(args.out, args.overwrite) if args.out else None
+    clean = select_clean(pool.to(device), args.clean_ratio, args.seed, clf.info.num_classes)
+    result = scan(clf, clean, ScanConfig(steps=args.steps, seed=args.seed), quiet=args.quiet)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(f"scanned with {len(clean)} clean images of {pool.name} in {result.seconds:.0f} s")
+        print(format_table(result))
+        print(result.verdict)
+    if out is not None:
+        with output_set(out) as folder:
+            write_json(folder / "scan.json", {"model": str(args.model), "clean_size": len(clean), **result.to_json()})
+            for c in result.flagged:
+                trigger_figure(result.masks[c], result.patterns[c], folder / f"trigger-class-{c}.png", c)
+    return 0
+
+
 def run_defenses(args: argparse.Namespace) -> int:
     from nad.defenses import DEFENSES
 
@@ -265,7 +292,7 @@ def run_erase(args: argparse.Namespace) -> int:
     clf = load_classifier(args).to(device)
     pool = load_data(args.clean, "train")
     check_fits(clf, pool, role="clean")
-    spec = test_spec(args.clean, args.test)
+    spec = default_test_spec(args.clean, args.test)
     test = load_data(spec, "test") if spec else None
     if test is not None:
         check_fits(clf, test)

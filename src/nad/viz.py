@@ -130,3 +130,18 @@ def attack_figure(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out)
+
+
+def trigger_figure(mask: Tensor, pattern: Tensor, out: str | Path, target: int) -> Path:
+    """An inverted trigger (``nad scan``): its mask (H, W), its pattern (C, H, W) and the two stamped together."""
+    mask, pattern = mask.float().cpu().squeeze(0), pattern.float().cpu()
+    stamped = (pattern * mask).permute(1, 2, 0).squeeze(-1)
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8))
+    for ax, image, title in zip(
+        axes, (mask, pattern.permute(1, 2, 0).squeeze(-1), stamped), ("mask", "pattern", "mask x pattern")
+    ):
+        ax.imshow(image.numpy(), cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+        ax.set_title(title)
+        ax.axis("off")
+    fig.suptitle(f"inverted trigger for class {target} (mask L1 {float(mask.sum()):.1f})")
+    return save_figure(fig, out)

@@ -172,13 +172,13 @@ def resolve_defense(spec: str, cfg: BenchConfig, seed: int) -> tuple[str, Any]:
 
 def data_specs(cfg: BenchConfig) -> tuple[str, str, str]:
     """Canonical training data spec, test data spec and normalisation name of a bench."""
-    from nad.data.sources import DEFAULT_NORMALIZE, parse_data_spec, test_spec
+    from nad.data.sources import DEFAULT_NORMALIZE, default_test_spec, parse_data_spec
     from nad.models import parse_normalize
 
     if not cfg.data:
         raise NadError(f"bench {cfg.name}: no training data; give --data (e.g. cifar10:ROOT)")
     kind = parse_data_spec(cfg.data)[0]
-    test = test_spec(cfg.data, cfg.test)
+    test = default_test_spec(cfg.data, cfg.test)
     if test is None:
         raise NadError(f"bench {cfg.name}: {cfg.data} has no test split; give the test data (test: or --test)")
     normalize = cfg.normalize or DEFAULT_NORMALIZE.get(kind, "none")

@@ -58,10 +58,10 @@ def subset(data: ImageData, size: int) -> ImageData:
 
 
 def load_bench_data(cfg: BenchConfig, device: torch.device | str) -> BenchData:
-    from nad.data.sources import test_spec
+    from nad.data.sources import default_test_spec
 
     train = subset(load_data(cfg.data or "", "train"), cfg.train_size)
-    test = subset(load_data(test_spec(cfg.data or "", cfg.test) or "", "test"), cfg.test_size)
+    test = subset(load_data(default_test_spec(cfg.data or "", cfg.test) or "", "test"), cfg.test_size)
     for spec in dict.fromkeys(a for s in cfg.all_studies() for a in s.attacks):
         resolve_attack(spec, cfg).check(train.num_classes, train.image_shape)  # refuse a misfit before training
     return BenchData(train.to(device), test.to(device))

@@ -190,7 +190,7 @@ DATA_KINDS = ("cifar10", "npz", "folder", "digits", "gtsrb")
 DEFAULT_NORMALIZE = {"cifar10": "cifar10", "digits": "digits", "gtsrb": "gtsrb"}
 
 
-def test_spec(data_spec: str, explicit: str | None) -> str | None:
+def default_test_spec(data_spec: str, explicit: str | None) -> str | None:
     """The test set: ``explicit`` (``--test``) if given, else the test split of a dataset that has one."""
     if explicit:
         return explicit

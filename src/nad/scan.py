@@ -1,0 +1,231 @@
+"""Trigger-agnostic backdoor evidence from a small clean set, per class: is a backdoor there, and which class?
+
+Two measures, each turned into an anomaly index across the classes with the median absolute deviation (MAD),
+as Neural Cleanse does:
+
+- **Trigger inversion** (Neural Cleanse; Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor
+  Attacks in Neural Networks", IEEE S&P 2019; github.com/bolunwang/backdoor). For each target class t, the
+  smallest mask m (H x W, in [0, 1]) and pattern p (C x H x W) such that ``(1 - m) * x + m * p`` sends clean
+  images x to t: minimise ``CE(f(x'), t) + lambda_t * |m|_1`` with Adam (lr 0.1, betas 0.5 / 0.9), starting
+  from ``lambda = 1e-3`` and multiplying it by 1.5 after ``patience`` steps at >= 99% success, dividing it
+  by 1.5 ** 1.5 after ``patience`` steps below (the reference's dynamic cost). The L1 norm of the smallest
+  mask that reached 99% is the class's score; a class whose norm lies more than ``threshold`` (2) MADs
+  *below* the median is flagged: a backdoor is a shortcut to its target, so its trigger is small.
+- **Universal adversarial perturbation** at a fixed L-inf budget (``eps`` 8/255), per target class: the
+  inner maximisation of I-BAU (Zeng et al., ICLR 2022) and SAU (Wei et al., NeurIPS 2023) asked per class.
+  PGD with signed steps finds one perturbation for all clean images; its success rate on held-out clean
+  images of the other classes is the class's score, and a class more than ``threshold`` MADs *above* the
+  median is flagged. This covers full-image triggers (Blend, SIG, WaNet) that a small mask cannot express.
+
+Deviations from the reference code, for speed (one scan of a 10-class WRN-16-1 in about a minute on 2 CPU
+cores): all classes are optimised at once in one batch (the reference runs one class after another), for
+``steps`` steps of ``batch`` images per class (the reference: up to 80 epochs over its clean set), and the
+cost is adjusted per step rather than per epoch. The mask and pattern are parametrised with tanh as in the
+reference.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from nad.data.dataset import ImageData
+from nad.errors import NadError
+from nad.models.checkpoint import Classifier
+
+MAD_SCALE = 1.4826  # makes the MAD of normally distributed values an estimate of their standard deviation
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """The scan's parameters; the defaults are the references' where they state one (see the module doc)."""
+
+    steps: int = 150
+    batch: int = 24
+    lr: float = 0.1
+    init_cost: float = 1e-3
+    cost_factor: float = 1.5
+    patience: int = 5
+    success: float = 0.99
+    eps: float = 8 / 255
+    uap_steps: int = 20
+    uap_step: float = 2 / 255
+    holdout: int = 256
+    threshold: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.batch, self.uap_steps, self.holdout, self.patience) < 1:
+            raise NadError("scan: steps, batch, uap_steps, holdout and patience must be >= 1")
+        if not (0 < self.eps <= 1 and 0 < self.uap_step <= 1 and 0 < self.success <= 1 and self.threshold > 0):
+            raise NadError("scan: need 0 < eps, uap_step, success <= 1 and threshold > 0")
+
+
+@dataclass
+class ScanResult:
+    """Per class: the inverted trigger's mask norm and the UAP success rate (%), their anomaly indices, and
+    which classes are flagged. ``masks``/``patterns`` hold the inverted triggers (for pictures)."""
+
+    norms: list[float]
+    reached: list[bool]
+    uap_success: list[float]
+    nc_index: list[float]
+    uap_index: list[float]
+    flagged: list[int]
+    threshold: float
+    seconds: float = 0.0
+    masks: Tensor | None = field(default=None, repr=False)
+    patterns: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def verdict(self) -> str:
+        if not self.flagged:
+            return "no class stands out"
+        return "backdoor suspected: class " + ", ".join(map(str, self.flagged))
+
+    def to_json(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if k not in ("masks", "patterns")}
+        data["verdict"] = self.verdict
+        return data
+
+
+def anomaly_index(values: list[float], low: bool, floor: float) -> list[float]:
+    """How many MADs each value lies beyond the median, towards small values (``low``) or large ones.
+
+    The MAD is taken at least ``floor`` (in the values' unit): when most classes score alike (say a UAP
+    success of 0% for eight of ten classes) the MAD falls to zero and any difference, however small, would
+    read as an outlier."""
+    median = statistics.median(values)
+    mad = max(MAD_SCALE * statistics.median(abs(v - median) for v in values), floor)
+    return [((median - v) if low else (v - median)) / mad for v in values]
+
+
+def scan(clf: Classifier, clean: ImageData, cfg: ScanConfig = ScanConfig(), quiet: bool = False) -> ScanResult:
+    """Scan ``clf`` with the clean images ``clean`` (on the model's device); ``clf`` is not changed."""
+    import time
+
+    start = time.perf_counter()
+    classes = clf.info.num_classes
+    if classes < 3:
+        raise NadError(f"scan: the model has {classes} classes; an anomaly across classes needs at least 3")
+    if len(clean) < cfg.batch or int((clean.class_counts() > 0).sum()) < 2:
+        raise NadError(f"scan: {len(clean)} clean images of too few classes (at least {cfg.batch} of 2 classes)")
+    module = clf.module
+    was_training = module.training
+    module.eval()
+    grads = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        norms, reached, masks, patterns = invert_triggers(clf, clean, cfg, gen, quiet)
+        success = universal_success(clf, clean, cfg, gen, quiet)
+    finally:
+        for p, g in zip(module.parameters(), grads):
+            p.requires_grad_(g)
+        module.train(was_training)
+    nc = anomaly_index(norms, low=True, floor=1.0)  # one pixel of mask
+    # Five percentage points for the UAP: a success rate on ``holdout`` (256) images is noisy by about 3.
+    uap = anomaly_index(success, low=False, floor=5.0)
+    flagged = [k for k in range(classes) if nc[k] > cfg.threshold or uap[k] > cfg.threshold]
+    return ScanResult(
+        norms, reached, success, nc, uap, flagged, cfg.threshold, time.perf_counter() - start, masks, patterns
+    )
+
+
+def draw(clean: ImageData, count: int, gen: torch.Generator) -> Tensor:
+    """``count`` clean images (float, [0, 1]) drawn at random."""
+    index = torch.randint(len(clean), (count,), generator=gen).to(clean.device)
+    return clean.x[index].float().div_(255)
+
+
+def invert_triggers(
+    clf: Classifier, clean: ImageData, cfg: ScanConfig, gen: torch.Generator, quiet: bool
+) -> tuple[list[float], list[bool], Tensor, Tensor]:
+    """Neural Cleanse's optimisation for every class at once; the smallest successful mask norm per class."""
+    k = clf.info.num_classes
+    c, h, w = clean.image_shape
+    device = clean.device
+    mask_raw = (torch.rand(k, 1, h, w, generator=gen) * 2 - 1).mul_(0.1).to(device).requires_grad_()
+    pattern_raw = (torch.rand(k, c, h, w, generator=gen) * 2 - 1).to(device).requires_grad_()
+    opt = torch.optim.Adam([mask_raw, pattern_raw], lr=cfg.lr, betas=(0.5, 0.9))
+    cost = torch.full((k,), cfg.init_cost, device=device)
+    up = torch.zeros(k, device=device)
+    down = torch.zeros(k, device=device)
+    best = torch.full((k,), float("inf"), device=device)
+    best_mask = torch.zeros(k, 1, h, w, device=device)
+    best_pattern = torch.zeros(k, c, h, w, device=device)
+    targets = torch.arange(k, device=device).repeat_interleave(cfg.batch)
+    for _ in tqdm(range(cfg.steps), desc="scan: trigger inversion", disable=quiet, leave=False):
+        x = draw(clean, cfg.batch, gen)
+        mask = torch.tanh(mask_raw) / 2 + 0.5
+        pattern = torch.tanh(pattern_raw) / 2 + 0.5
+        stamped = (1 - mask[:, None]) * x[None] + (mask * pattern)[:, None]  # (K, B, C, H, W)
+        logits = clf.module(clf.preprocess_float(stamped.flatten(0, 1)))
+        ce = F.cross_entropy(logits, targets, reduction="none").view(k, cfg.batch).mean(1)
+        norm = mask.flatten(1).sum(1)
+        opt.zero_grad(set_to_none=True)
+        (ce + cost * norm).sum().backward()
+        opt.step()
+        with torch.no_grad():
+            hit = (logits.argmax(1) == targets).float().view(k, cfg.batch).mean(1) >= cfg.success
+            better = hit & (norm < best)
+            best = torch.where(better, norm, best)
+            best_mask[better] = mask[better]
+            best_pattern[better] = pattern[better]
+            up = torch.where(hit, up + 1, torch.zeros_like(up))
+            down = torch.where(hit, torch.zeros_like(down), down + 1)
+            cost = torch.where(up >= cfg.patience, cost * cfg.cost_factor, cost)
+            cost = torch.where(down >= cfg.patience, cost / cfg.cost_factor**1.5, cost)
+            up = torch.where(up >= cfg.patience, torch.zeros_like(up), up)
+            down = torch.where(down >= cfg.patience, torch.zeros_like(down), down)
+    reached = torch.isfinite(best)
+    # A class never sent to 99% gets the whole image as its norm: no small trigger was found for it.
+    norms = torch.where(reached, best, torch.full_like(best, float(h * w)))
+    return norms.tolist(), reached.tolist(), best_mask.cpu(), best_pattern.cpu()
+
+
+def universal_success(
+    clf: Classifier, clean: ImageData, cfg: ScanConfig, gen: torch.Generator, quiet: bool
+) -> list[float]:
+    """Per class t: the success rate (%) of one L-inf ``eps`` perturbation, found by signed-gradient steps
+    on random clean images, at sending held-out clean images of other classes to t."""
+    k = clf.info.num_classes
+    device = clean.device
+    delta = torch.zeros(k, *clean.image_shape, device=device, requires_grad=True)
+    targets = torch.arange(k, device=device).repeat_interleave(cfg.batch)
+    for _ in tqdm(range(cfg.uap_steps), desc="scan: universal perturbations", disable=quiet, leave=False):
+        x = draw(clean, cfg.batch, gen)
+        moved = (x[None] + delta[:, None]).clamp(0, 1).flatten(0, 1)
+        loss = F.cross_entropy(clf.module(clf.preprocess_float(moved)), targets)
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            delta.sub_(cfg.uap_step * grad.sign()).clamp_(-cfg.eps, cfg.eps)
+    rates = []
+    with torch.no_grad():
+        for t in range(k):  # fresh random draws of clean images of the other classes
+            index = torch.randint(len(clean), (cfg.holdout,), generator=gen).to(device)
+            keep = clean.y[index] != t
+            x = clean.x[index][keep].float().div_(255)
+            if len(x) == 0:
+                rates.append(0.0)
+                continue
+            preds = clf.module(clf.preprocess_float((x + delta[t]).clamp(0, 1))).argmax(1)
+            rates.append(100.0 * float((preds == t).float().mean()))
+    return rates
+
+
+def format_table(result: ScanResult) -> str:
+    lines = [f"{'class':>5s} {'mask L1':>8s} {'NC index':>8s} {'UAP %':>6s} {'UAP index':>9s}"]
+    for c in range(len(result.norms)):
+        mark = "  <- flagged" if c in result.flagged else ""
+        norm = f"{result.norms[c]:8.1f}" if result.reached[c] else f"{'>' + str(int(result.norms[c])):>8s}"
+        lines.append(
+            f"{c:5d} {norm} {result.nc_index[c]:8.2f} {result.uap_success[c]:6.1f} {result.uap_index[c]:9.2f}{mark}"
+        )
+    return "\n".join(lines)
