@@ -27,7 +27,7 @@ reference.
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -89,7 +89,7 @@ class ScanResult:
         return "backdoor suspected: class " + ", ".join(map(str, self.flagged))
 
     def to_json(self) -> dict:
-        data = {k: v for k, v in asdict(self).items() if k not in ("masks", "patterns")}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("masks", "patterns")}
         data["verdict"] = self.verdict
         return data
 
