@@ -108,7 +108,8 @@ def output_set(target: str | Path, stage: Path | None = None) -> Iterator[Path]:
 
 def publish(folder: Path, target: Path) -> None:
     """Give ``folder`` the name ``target`` in one step; an existing ``target`` is swapped out and deleted."""
-    fsync_dir(folder)
+    fsync_files(folder)
+    fsync_entries(folder)
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         os.replace(folder, target)
     elif exchange(folder, target):
@@ -118,7 +119,7 @@ def publish(folder: Path, target: Path) -> None:
         os.replace(target, old)
         os.replace(folder, target)
         shutil.rmtree(old)
-    fsync_dir(target.parent)
+    fsync_entries(target.parent)  # the rename itself, not the files of the parent folder
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -192,12 +193,16 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (and, for a set, its files) durable before it is published."""
+def fsync_files(path: Path) -> None:
+    """Make every file of a set durable before the set is published."""
     for file in path.rglob("*"):
         if file.is_file():
             with open(file, "rb") as fh:
                 os.fsync(fh.fileno())
+
+
+def fsync_entries(path: Path) -> None:
+    """Make a folder's entries (names, renames) durable; its files are left alone."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -146,12 +146,9 @@ def zoo_matches(record: dict[str, Any], folder: Path, spec: ModelSpec, data_fing
     try:
         train = from_mapping(TrainConfig, {k: v for k, v in config.items() if k in names}, str(folder))
         attack = parse_attack(config["attack"]).spec() if config.get("attack") else None
+        if key_dict(train) != key_dict(spec.train) or attack != spec.attack:
+            return False  # decided from results.json alone, before any weights are read
         info = load_model(folder).info
     except (NadError, KeyError):
         return False
-    return (
-        key_dict(train) == key_dict(spec.train)
-        and attack == spec.attack
-        and info.arch_kwargs == spec.arch_kwargs
-        and info.normalize == parse_normalize(spec.normalize)
-    )
+    return info.arch_kwargs == spec.arch_kwargs and info.normalize == parse_normalize(spec.normalize)
