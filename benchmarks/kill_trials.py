@@ -36,7 +36,7 @@ class TrialReport:
 def erase_command(model: Path, out: Path, seed: int) -> list[str]:
     return [
         sys.executable, "-m", "nad", "erase", str(model), "--clean", "digits", "--out", str(out), "--overwrite",
-        "--epochs", "2", "--teacher-epochs", "1", "--seed", str(seed), "--quiet", "--device", "cpu",
+        "--epochs", "2", "--teacher-epochs", "1", "--seed", str(seed), "--quiet", "--device", "cpu", "--no-scan",
     ]  # fmt: skip
 
 

@@ -195,6 +195,13 @@ def test_erase(trained_dir, tmp_path, capsys):
     assert erased.info.arch == "small_cnn" and erased.info.attack == "badnets"
     stdout = capsys.readouterr().out
     assert "before" in stdout and "nad" in stdout
+    # The scan ran before and after, on as many held-out clean images; each flagged class has its picture.
+    scan = results["scan"]
+    assert scan["verdict"] in stdout and len(scan["before"]["norms"]) == len(scan["after"]["norms"]) == 10
+    pictures = {p.name for p in out.glob("trigger-*.png")}
+    expected = {f"trigger-{when}-class-{c}.png" for when in ("before", "after") for c in scan[when]["flagged"]}
+    assert pictures == expected
+    assert "Backdoor evidence" in (out / "report.html").read_text()
 
 
 def test_erase_refuses_bad_layers(trained_dir, tmp_path, capsys):
@@ -222,3 +229,17 @@ def test_eval_refuses_data_with_more_classes(trained_dir, tmp_path, capsys):
     np.savez(tmp_path / "d.npz", x=np.zeros((3, 16, 16), np.uint8), y=np.array([0, 1, 11]))
     assert main(["eval", str(trained_dir), "--data", f"npz:{tmp_path / 'd.npz'}", "--device", "cpu"]) == 2
     assert_one_line_error(capsys, "12 classes", "--num-classes")
+
+
+def test_erase_without_test_data_scores_on_held_out_clean_images(trained_dir, tmp_path, capsys):
+    import numpy as np
+
+    digits = load_digits("train")
+    np.savez(tmp_path / "clean.npz", x=digits.x.squeeze(1).numpy(), y=digits.y.numpy())
+    argv = ["erase", str(trained_dir), "--clean", f"npz:{tmp_path / 'clean.npz'}", "--epochs", "1", "--no-scan"]
+    assert main([*argv, "--teacher-epochs", "1", "--out", str(tmp_path / "e"), "--quiet", "--device", "cpu"]) == 0
+    results = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert results["config"]["test"].endswith("(held out of the clean set)") and results["scan"] is None
+    held_out = len(digits) - results["config"]["clean_size"]
+    assert 0 < results["after"]["acc"] <= 100 and results["after"]["asr"] is not None
+    assert f"scored on {held_out} clean images held out" in capsys.readouterr().out

@@ -126,7 +126,8 @@ def test_erase_logs_the_curves_to_tensorboard(demo_run, tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     out, _, _ = demo_run
     logs = tmp_path / "tb"
-    argv = ["erase", str(out / "backdoored.safetensors"), "--clean", "digits", "--no-baseline", "--epochs", "3"]
+    argv = ["erase", str(out / "backdoored.safetensors"), "--clean", "digits", "--no-baseline", "--no-scan"]
+    argv += ["--epochs", "3"]
     argv += ["--teacher-epochs", "2", "--curves", "50", "--tensorboard", str(logs), "--out", str(tmp_path / "e")]
     assert main([*argv, "--quiet"]) == 0
     runs = event_accumulator.EventAccumulator(str(logs))

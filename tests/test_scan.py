@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
-from nad.api import select_clean
+from nad.api import select_clean, train_model
+from nad.config import from_mapping, load_yaml
 from nad.data import load_data
+from nad.demo import DemoConfig
 from nad.errors import NadError
-from nad.scan import ScanConfig, anomaly_index, scan
+from nad.models import parse_normalize
+from nad.scan import ScanComparison, ScanConfig, ScanResult, anomaly_index, logit, scan
+
+
+@pytest.fixture(scope="module")
+def clean_model():
+    """The demo's small_cnn trained on the digits exactly as the demo trains it, without an attack."""
+    cfg = from_mapping(DemoConfig, load_yaml("demo"), "demo preset")
+    train = load_data(cfg.data, "train")
+    return train_model(train, cfg.arch, cfg.train, None, None, parse_normalize(cfg.normalize), quiet=True).model
+
+
+def flagged(*classes: int) -> ScanResult:
+    return ScanResult([1.0] * 3, [True] * 3, [0.0] * 3, [0.0] * 3, [0.0] * 3, list(classes), 2.0)
 
 
 def test_anomaly_index_uses_the_mad_with_a_floor():
@@ -27,6 +43,7 @@ def test_the_backdoor_target_gets_the_smallest_inverted_trigger(demo_run):
     result = scan(trained.model, clean, ScanConfig(steps=100), quiet=True)
     assert min(range(10), key=lambda c: result.norms[c]) == 0  # the demo's backdoor targets class 0
     assert result.reached[0] and result.nc_index[0] == max(result.nc_index)
+    assert result.flagged == [0] and result.verdict == "backdoor suspected: class 0"
     assert json.loads(json.dumps(result.to_json()))["verdict"] == result.verdict
 
 
@@ -35,3 +52,51 @@ def test_scan_refuses_too_little_data(demo_run):
     tiny = select_clean(load_data("digits"), 1.0, 0).subset(torch.arange(12))
     with pytest.raises(NadError, match="too few"):
         scan(trained.model, tiny, ScanConfig(), quiet=True)
+
+
+@pytest.mark.slow
+def test_no_class_stands_out_on_a_clean_model(clean_model):
+    clean = select_clean(load_data("digits"), 0.05, 0)
+    result = scan(clean_model, clean, ScanConfig(steps=100), quiet=True)
+    assert result.flagged == [] and result.verdict == "no class stands out", result.to_json()
+
+
+def test_scan_leaves_the_model_as_it_was(clean_model):
+    module = clean_model.module.train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    strides = [p.stride() for p in module.parameters()]
+    scan(clean_model, select_clean(load_data("digits"), 0.05, 0), ScanConfig(steps=2, uap_steps=2), quiet=True)
+    assert module.training and all(p.requires_grad for p in module.parameters())
+    assert [p.stride() for p in module.parameters()] == strides  # the scan's own layout is undone
+    module.to(memory_format=torch.contiguous_format)
+    scan(clean_model, select_clean(load_data("digits"), 0.05, 0), ScanConfig(steps=1, uap_steps=1), quiet=True)
+    assert all(p.is_contiguous() for p in module.parameters())
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_indices_compare_log_norms_and_log_odds():
+    assert logit(0.5) == 0 and logit(1.0) == pytest.approx(-logit(0.0)) and logit(1.0) > 5
+
+    # Halving a mask is the same evidence at any size; 40% against a median of 20% is not 8% against 4%.
+    def index(values):
+        return anomaly_index([math.log(v) for v in values], low=True, floor=0.0)
+
+    assert index([4.0, 4.0, 2.0, 4.1]) == pytest.approx(index([40.0, 40.0, 20.0, 41.0]))
+    odds = [logit(p) for p in (0.2, 0.2, 0.4, 0.21)], [logit(p) for p in (0.04, 0.04, 0.08, 0.041)]
+    assert anomaly_index(odds[0], False, 0.0)[2] < anomaly_index(odds[1], False, 0.0)[2]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "verdict"),
+    [
+        ((), (), "no class stands out, before or after the defense"),
+        ((0,), (), "backdoor evidence before the defense (class 0) is gone after it"),
+        ((0, 3), (3,), "backdoor evidence remains: class 3 still stands out after the defense"),
+        ((0,), (2,), "the evidence for class 0 is gone, but class 2 stands out after the defense"),
+        ((), (1,), "no class stood out before the defense; after it, class 1 stands out"),
+    ],
+)
+def test_comparison_verdicts(before, after, verdict):
+    comparison = ScanComparison(flagged(*before), flagged(*after))
+    assert comparison.verdict == verdict
+    assert comparison.to_json()["before"]["flagged"] == list(before)

@@ -18,6 +18,7 @@ from nad.defenses.base import Defense, FineTunedStart
 from nad.errors import NadError
 from nad.metrics import Scores, evaluate
 from nad.models.checkpoint import Classifier, ModelInfo, Normalization, build_classifier, checked_arch_kwargs
+from nad.scan import ScanComparison, ScanConfig, scan
 from nad.training import History, TrainConfig, load_profile, train
 
 #: How ``nad train`` trains a model from scratch by default: the ``cosine`` profile (SGD + Nesterov, cosine
@@ -96,6 +97,7 @@ class EraseResult:
     clean_size: int
     seconds: float
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    evidence: ScanComparison | None = None  # the trigger-agnostic scan before and after, when asked for
 
 
 class CurveRecorder:
@@ -147,6 +149,17 @@ MIN_CLEAN_IMAGES = 10
 def select_clean(pool: ImageData, ratio: float, seed: int, num_classes: int | None = None) -> ImageData:
     """The defense's clean set D: a seeded, class-stratified ``ratio`` share of ``pool``.
 
+    :func:`split_clean` also returns the images of ``pool`` that D leaves out.
+    """
+    return split_clean(pool, ratio, seed, num_classes)[0]
+
+
+def split_clean(
+    pool: ImageData, ratio: float, seed: int, num_classes: int | None = None
+) -> tuple[ImageData, ImageData]:
+    """``(D, rest)``: the defense's clean set, a seeded, class-stratified ``ratio`` share of ``pool``, and the
+    images of ``pool`` it leaves out (empty when ``ratio`` is 1), for measurements the defense never sees.
+
     Refused when it holds fewer than ``MIN_CLEAN_IMAGES`` images or a single class; a warning names the
     classes of the model (``num_classes``, default the pool's) that it lacks, since the defense's
     fine-tuning then pushes the model away from them.
@@ -160,7 +173,7 @@ def select_clean(pool: ImageData, ratio: float, seed: int, num_classes: int | No
         raise NadError(f"--clean-ratio must lie in (0, 1], got {ratio}")
     if len(pool) == 0:
         raise NadError(f"{pool.name}: the clean data is empty")
-    chosen, _ = stratified_split(pool.y, ratio, seed)
+    chosen, left = stratified_split(pool.y, ratio, seed)
     clean = pool.subset(chosen.to(pool.x.device), name=f"{pool.name} ({ratio:g} clean)")
     counts = clean.class_counts().tolist()
     present = sum(n > 0 for n in counts)
@@ -175,9 +188,9 @@ def select_clean(pool: ImageData, ratio: float, seed: int, num_classes: int | No
         warnings.warn(
             f"the clean set ({len(clean)} images) has no image of {len(missing)} of the model's {classes} classes "
             f"({_few_ints(missing)}); the defense cannot protect them",
-            stacklevel=2,
+            stacklevel=3,
         )
-    return clean
+    return clean, pool.subset(left.to(pool.x.device), name=f"{pool.name} (held out of the clean set)")
 
 
 def _few_ints(values: list[int], n: int = 10) -> str:
@@ -194,6 +207,8 @@ def erase(
     quiet: bool = False,
     curve_subset: int = 0,
     tensorboard: Path | None = None,
+    scan_config: ScanConfig | None = None,
+    scan_data: ImageData | None = None,
 ) -> EraseResult:
     """Purify ``model`` with ``defense`` (NAD by default) on the clean set ``clean``.
 
@@ -201,6 +216,10 @@ def erase(
     Scores are measured once before and once after, on ``test`` when given; with ``curve_subset`` > 0 also
     after every epoch, on a fixed, seeded subset of that many test images. ``tensorboard`` (a folder) logs
     the per-epoch curves there too.
+
+    With ``scan_config`` the model is scanned for backdoor evidence (:func:`nad.scan.scan`) before and after
+    the defense, on ``scan_data`` (default ``clean``; clean images the defense does not train on are better,
+    since fine-tuning on the scanned images makes them harder to flip and so flatters the "after" scan).
     """
     from nad.defenses import NAD, FineTune
     from nad.defenses.settings import config_seed
@@ -210,6 +229,8 @@ def erase(
     defense.check(model, clean)
     score = (lambda m: evaluate(m, test, attack)) if test is not None else (lambda m: None)
     before = score(model)
+    scan_data = scan_data if scan_data is not None else clean
+    scanned = scan(model, scan_data, scan_config, quiet=quiet) if scan_config is not None else None
     subset = fixed_subset(test, curve_subset) if test is not None and curve_subset else None
     recorder = CurveRecorder(subset, attack, tensorboard)
     finetune, baseline_seconds, fine_tuned = None, None, None
@@ -236,8 +257,13 @@ def erase(
         if start_from is not None:
             repair.log[f"{start_from.role}_from_baseline"] = fine_tuned is not None
     recorder.close()
+    evidence = None
+    if scanned is not None:
+        evidence = ScanComparison(scanned, scan(repair.model, scan_data, scan_config, quiet=quiet))
     seconds = time.perf_counter() - start
-    return EraseResult(repair.model, before, after, finetune, repair.log, len(clean), seconds, recorder.curves)
+    return EraseResult(
+        repair.model, before, after, finetune, repair.log, len(clean), seconds, recorder.curves, evidence
+    )
 
 
 def shared_finetuning(defense: Defense, ft_cfg: TrainConfig) -> FineTunedStart | None:
@@ -301,12 +327,13 @@ def save_erase_outputs(
     test: ImageData | None,
     attack: Attack | None,
 ) -> None:
-    """Write the purified model, ``results.json``, ``attention.png`` (with test data) and ``report.html``."""
+    """Write the purified model, ``results.json``, ``attention.png`` (with test data), ``report.html``, and
+    with a scan ``trigger-before-class-K.png`` / ``trigger-after-class-K.png`` for each flagged class."""
     from nad.defenses.nad import NADConfig, resolve_layers
     from nad.io import write_json
     from nad.models.checkpoint import save_model
     from nad.report import write_erase_report
-    from nad.viz import attention_figure
+    from nad.viz import attention_figure, trigger_figure
 
     save_model(result.model, out)
     write_json(out / "results.json", {**summary, "curves": result.curves})
@@ -316,6 +343,10 @@ def save_erase_outputs(
         layers = result.log.get("layers") or resolve_layers(original, original.preprocess(clean[:2]), NADConfig())[0]
         rows = [("before", original, layers), ("after", result.model, layers)]
         figure = attention_figure(rows, clean, triggered, out / "attention.png", test.classes)
+    if result.evidence is not None:
+        for when, found in (("before", result.evidence.before), ("after", result.evidence.after)):
+            for c in found.flagged:
+                trigger_figure(found.masks[c], found.patterns[c], out / f"trigger-{when}-class-{c}.png", c)
     write_erase_report(out, summary, result.curves, figure)
 
 

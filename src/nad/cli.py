@@ -127,6 +127,7 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", help="test data (default: the test split of --clean, when it has one)")
     p.add_argument("--attack", help="attack spec to measure ASR (default: the one in the model's sidecar)")
     p.add_argument("--no-baseline", action="store_true", help="skip the fine-tuning baseline run")
+    p.add_argument("--no-scan", action="store_true", help="skip the backdoor scan before and after (see nad scan)")
     p.add_argument(
         "--curves", type=non_negative, default=0, metavar="N", help="score every epoch on N test images (report)"
     )
@@ -147,6 +148,7 @@ def _scan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean-ratio", type=float, default=0.05, help="share of --clean used (default 0.05)")
     p.add_argument("--steps", type=int, default=150, help="trigger-inversion steps (default 150)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (default fp32)")
     p.add_argument("--out", help="folder for scan.json and the inverted triggers of flagged classes (PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     p.add_argument("--seed", type=int, default=0)

@@ -185,7 +185,7 @@ def run_scan(args: argparse.Namespace) -> int:
     check_fits(clf, pool, role="clean")
     out = check_out_dir(args.out, args.overwrite) if args.out else None
     clean = select_clean(pool.to(device), args.clean_ratio, args.seed, clf.info.num_classes)
-    result = scan(clf, clean, ScanConfig(steps=args.steps, seed=args.seed), quiet=args.quiet)
+    result = scan(clf, clean, ScanConfig(steps=args.steps, seed=args.seed, precision=args.precision), quiet=args.quiet)
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -264,6 +264,10 @@ def show_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Without test data, ``nad erase`` scores on the clean images it holds out: at least this many, at most that.
+HELD_OUT_MIN, HELD_OUT_MAX = 100, 10_000
+
+
 def erase_summary(result, args: argparse.Namespace, defense, attack, test: str | None, device) -> dict[str, Any]:
     return {
         "before": result.before.to_json() if result.before else None,
@@ -280,13 +284,15 @@ def erase_summary(result, args: argparse.Namespace, defense, attack, test: str |
             "device": str(device),
             **asdict(defense.config),
         },
+        "scan": result.evidence.to_json() if result.evidence else None,
         "seconds": round(result.seconds, 1),
         "log": result.log,
     }
 
 
 def run_erase(args: argparse.Namespace) -> int:
-    from nad.api import erase, save_erase_outputs, select_clean
+    from nad.api import erase, fixed_subset, save_erase_outputs, split_clean
+    from nad.scan import ScanConfig
 
     device = resolve_device(args.device, args.deterministic)
     clf = load_classifier(args).to(device)
@@ -300,7 +306,12 @@ def run_erase(args: argparse.Namespace) -> int:
     attack = model_attack(args.attack, clf, args.model, pool)
     defense = defense_from_args(args)
     out = check_out_dir(args.out, args.overwrite)
-    clean = select_clean(pool.to(device), args.clean_ratio, args.seed, clf.info.num_classes)
+    clean, rest = split_clean(pool.to(device), args.clean_ratio, args.seed, clf.info.num_classes)
+    if test is None and len(rest) >= HELD_OUT_MIN:
+        # No test data: the clean images the defense leaves out still measure the accuracy it keeps.
+        test, spec = fixed_subset(rest, HELD_OUT_MAX, args.seed), f"{args.clean} (held out of the clean set)"
+    # The scan looks at clean images the defense does not train on, as many as it trains on, when there are.
+    scan_data = fixed_subset(rest, len(clean), args.seed + 1) if len(rest) >= len(clean) else clean
     with keep_last_good_model(out):
         result = erase(
             clf,
@@ -312,6 +323,8 @@ def run_erase(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             curve_subset=args.curves,
             tensorboard=Path(args.tensorboard) if args.tensorboard else None,
+            scan_config=None if args.no_scan else ScanConfig(seed=args.seed, precision=args.precision or "fp32"),
+            scan_data=scan_data,
         )
     if not distributed.is_main():
         return 0  # under torchrun only rank 0 writes and prints; the others wait for it at a barrier
@@ -320,10 +333,15 @@ def run_erase(args: argparse.Namespace) -> int:
         save_erase_outputs(folder, clf, result, summary, test, attack)
     if test is None:
         print("no test data (give --test): scores were not measured")
+    elif spec and spec.endswith("(held out of the clean set)"):
+        print(f"scored on {len(test)} clean images held out of the defense's set (give --test for a test set)")
     rows = {"before": result.before, defense.name: result.after}
     if defense.name != "finetune":
         rows["finetune"] = result.finetune
     print_scores(rows)
+    if result.evidence is not None:
+        print(f"scan before: {result.evidence.before.verdict}; after: {result.evidence.after.verdict}")
+        print(result.evidence.verdict)
     print(f"wrote {out}/model.safetensors in {result.seconds:.0f} s")
     return 0
 

@@ -83,6 +83,7 @@ def erase_report(summary: dict[str, Any], curves: dict[str, list[dict[str, float
         ),
         "<p>Fine-tuning is plain fine-tuning at the same budget (all betas 0): the baseline NAD must beat.</p>",
     ]
+    parts += evidence_section(summary.get("scan"))
     png = curves_png(curves)
     if png:
         parts += ["<h2>Per epoch</h2>", f'<img alt="curves" src="{png_data_uri(png)}">']
@@ -94,6 +95,30 @@ def erase_report(summary: dict[str, Any], curves: dict[str, list[dict[str, float
         ]
     parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(json.dumps(cfg, indent=2))}</pre>"]
     return page("nad erase report", "\n".join(parts))
+
+
+def evidence_section(evidence: dict[str, Any] | None) -> list[str]:
+    """The scan before and after the defense (``nad erase`` without ``--no-scan``): verdict and per-class table."""
+    if not evidence:
+        return []
+    before, after = evidence["before"], evidence["after"]
+    rows = "".join(
+        f"<tr><td>{c}</td><td>{before['norms'][c]:.1f}</td><td>{before['nc_index'][c]:.2f}</td>"
+        f"<td>{before['uap_success'][c]:.1f}</td><td>{before['uap_index'][c]:.2f}</td>"
+        f"<td>{after['norms'][c]:.1f}</td><td>{after['nc_index'][c]:.2f}</td>"
+        f"<td>{after['uap_success'][c]:.1f}</td><td>{after['uap_index'][c]:.2f}</td></tr>"
+        for c in range(len(before["norms"]))
+    )
+    head = "<th>mask L1</th><th>NC index</th><th>UAP %</th><th>UAP index</th>"
+    return [
+        "<h2>Backdoor evidence (trigger-agnostic scan)</h2>",
+        f"<p><b>{html.escape(evidence['verdict'])}</b>. Before: {html.escape(before['verdict'])}; after: "
+        f"{html.escape(after['verdict'])}. A class is flagged when its inverted-trigger mask is unusually small or "
+        f"its universal perturbation unusually successful (anomaly index above {before['threshold']:g}); see "
+        "<code>nad scan</code>.</p>",
+        f'<table><tr><th></th><th colspan="4">before</th><th colspan="4">after</th></tr>'
+        f"<tr><th>class</th>{head}{head}</tr>{rows}</table>",
+    ]
 
 
 def page(title: str, body: str) -> str:

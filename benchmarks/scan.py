@@ -1,0 +1,77 @@
+"""`nad scan` against its floor: one scan of a 10-class model, and what its image passes cost at bare rates.
+
+    python -m benchmarks.scan [--model zoo/reference-badnets] [--data cifar10:data/cifar10]
+                              [--precision fp32|bf16] [--device cpu|cuda]
+
+The scan's work with defaults: ``steps`` (150) trigger-inversion steps and ``uap_steps`` (20) perturbation
+steps, each a forward and a backward pass (to the input only: the weights are frozen) of ``batch`` (24) images
+per class, then ``holdout`` (256) forward passes per class. The floor is that many passes at the rates of
+the same model's bare forward+backward and forward on random tensors of the scan's batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks.common import report, timed
+from nad.api import select_clean
+from nad.data import load_data
+from nad.models import load_model
+from nad.scan import ScanConfig, forward, scan
+
+
+def bare_rates(clf, cfg: ScanConfig, batch: int, device: torch.device, steps: int = 10) -> tuple[float, float]:
+    """Images per second of a forward+backward to the input, and of a forward, at ``batch`` images."""
+    clf.module.eval().to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    for p in clf.module.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(batch, *clf.info.input_size, device=device, requires_grad=True)
+
+    def backward_steps() -> None:
+        for _ in range(steps):
+            forward(clf, x, cfg).sum().backward()
+
+    def forward_steps() -> None:
+        with torch.no_grad():
+            for _ in range(steps):
+                forward(clf, x, cfg)
+
+    backward_steps(), forward_steps()  # warm-up
+    return batch * steps / timed(backward_steps, device), batch * steps / timed(forward_steps, device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="zoo/reference-badnets")
+    parser.add_argument("--data", default="cifar10:data/cifar10")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cfg = ScanConfig(precision=args.precision)
+    clf = load_model(args.model).to(device)
+    k = clf.info.num_classes
+    clean = select_clean(load_data(args.data, "train").to(device), 0.05, 0, k)
+    result = scan(clf, clean, cfg, quiet=True)
+    backward_rate, forward_rate = bare_rates(clf, cfg, k * cfg.batch, device)
+    passes = (cfg.steps + cfg.uap_steps) * k * cfg.batch
+    floor = passes / backward_rate + k * cfg.holdout / forward_rate
+    report(
+        f"scan-{device.type}-{args.precision}",
+        {
+            "config": {"model": args.model, "data": args.data, "clean_size": len(clean), **vars(cfg)},
+            "seconds": round(result.seconds, 1),
+            "floor_s": round(floor, 1),
+            "backward_img_s": round(backward_rate, 1),
+            "forward_img_s": round(forward_rate, 1),
+            "verdict": result.verdict,
+            "nc_index": [round(v, 2) for v in result.nc_index],
+            "uap_index": [round(v, 2) for v in result.uap_index],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
