@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("nad.attacks",),
     ("nad.defenses", "nad.scan"),
     ("nad.api", "nad.viz", "nad.report", "nad.demo"),
+    ("nad.easy",),
     ("nad.bench",),
     ("nad.commands",),
     ("nad.cli", "nad.__main__", "nad"),
@@ -48,8 +49,10 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
             if node.level:
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*parts, *([node.module] if node.module else [])])
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}
+            names = {f"{base}.{a.name}" for a in node.names}
+            found |= names
+            if not names <= known:  # ``from nad import distributed`` imports the submodule, not the package
+                found.add(base)
     return {m for m in found if m in known and m != name}
 
 

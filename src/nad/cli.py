@@ -232,7 +232,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nad import __version__
+
     parser = Parser(prog="nad", description="Erase backdoor triggers with Neural Attention Distillation.")
+    parser.add_argument("--version", action="version", version=f"nad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add_args, help_text) in COMMANDS.items():
         add_args(sub.add_parser(name, help=help_text, description=help_text))

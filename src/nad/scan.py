@@ -185,7 +185,8 @@ def scan(clf: Classifier, clean: ImageData, cfg: ScanConfig = ScanConfig(), quie
         module.train(was_training)
         if not was_channels_last:
             module.to(memory_format=torch.contiguous_format)
-    nc = anomaly_index([math.log(n) for n in norms], low=True, floor=NC_FLOOR)
+    # A norm of ~0 (a class every image already goes to, untriggered) is taken as 1% of a pixel.
+    nc = anomaly_index([math.log(max(n, 0.01)) for n in norms], low=True, floor=NC_FLOOR)
     uap = anomaly_index([logit(s / 100) for s in success], low=False, floor=UAP_FLOOR)
     flagged = [k for k in range(classes) if nc[k] > cfg.threshold or uap[k] > cfg.threshold]
     return ScanResult(
