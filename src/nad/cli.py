@@ -119,6 +119,10 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--defense", default="nad", help="defense name, optionally NAME:key=value,... (default nad; see nad defenses)"
     )
+    p.add_argument(
+        "--config",
+        help="the defense's configuration as YAML: a file or a preset (e.g. nad-paper); flags override it",
+    )
     p.add_argument("--layers", help="comma-separated qualified module names to distil")
     p.add_argument("--betas", help="comma-separated betas, one per layer")
     p.add_argument("--epochs", type=int, help="NAD/fine-tuning epochs (default 20)")

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from nad import distributed
 from nad.api import attack_for, check_fits, model_attack, train_model
 from nad.attacks import parse_attack
+from nad.config import load_yaml
 from nad.data import ImageData, fingerprint, load_data
 from nad.data.sources import DEFAULT_NORMALIZE, default_test_spec, parse_data_spec
 from nad.data.stream import open_train_data
@@ -23,6 +25,7 @@ from nad.errors import NadError
 from nad.io import check_out_dir, output_set, sibling, write_json
 from nad.metrics import Scores, evaluate
 from nad.models import Classifier, load_model, parse_normalize, save_model
+from nad.report import erase_verdict
 from nad.spec import config_rows, parse_list
 from nad.training import NonFiniteLoss, TrainConfig, load_profile
 
@@ -153,7 +156,8 @@ def defense_from_args(args: argparse.Namespace) -> Defense:
         "betas": parse_list(args.betas, float, "--betas", required=args.betas is not None) or None,
         "p": args.p,
     }
-    name, config = defense_config(args.defense, settings, fields)
+    base = load_yaml(args.config) if getattr(args, "config", None) else None
+    name, config = defense_config(args.defense, settings, fields, base=base)
     return defense_class(name)(config)
 
 
@@ -268,7 +272,9 @@ def show_attack(args: argparse.Namespace) -> int:
 HELD_OUT_MIN, HELD_OUT_MAX = 100, 10_000
 
 
-def erase_summary(result, args: argparse.Namespace, defense, attack, test: str | None, device) -> dict[str, Any]:
+def erase_summary(
+    result, args: argparse.Namespace, defense, attack, test: str | None, device, test_size: int | None = None
+) -> dict[str, Any]:
     return {
         "before": result.before.to_json() if result.before else None,
         "after": result.after.to_json() if result.after else None,
@@ -280,6 +286,7 @@ def erase_summary(result, args: argparse.Namespace, defense, attack, test: str |
             "clean_ratio": args.clean_ratio,
             "clean_size": result.clean_size,
             "test": test,
+            "test_size": test_size,
             "attack": attack.spec() if attack else None,
             "device": str(device),
             **asdict(defense.config),
@@ -307,6 +314,8 @@ def run_erase(args: argparse.Namespace) -> int:
     defense = defense_from_args(args)
     out = check_out_dir(args.out, args.overwrite)
     clean, rest = split_clean(pool.to(device), args.clean_ratio, args.seed, clf.info.num_classes)
+    every = " (all of them)" if len(rest) == 0 else f"; --clean-ratio {args.clean_ratio:g}, stratified by class"
+    print(f"clean set: {len(clean)} of the {len(pool)} images of {args.clean}{every}")
     if test is None and len(rest) >= HELD_OUT_MIN:
         # No test data: the clean images the defense leaves out still measure the accuracy it keeps.
         test, spec = fixed_subset(rest, HELD_OUT_MAX, args.seed), f"{args.clean} (held out of the clean set)"
@@ -328,7 +337,8 @@ def run_erase(args: argparse.Namespace) -> int:
         )
     if not distributed.is_main():
         return 0  # under torchrun only rank 0 writes and prints; the others wait for it at a barrier
-    summary = erase_summary(result, args, defense, attack, spec, device)
+    summary = erase_summary(result, args, defense, attack, spec, device, len(test) if test is not None else None)
+    summary["verdict"] = erase_verdict(summary, clf.info.num_classes)
     with output_set(out) as folder:
         save_erase_outputs(folder, clf, result, summary, test, attack)
     if test is None:
@@ -341,7 +351,8 @@ def run_erase(args: argparse.Namespace) -> int:
     print_scores(rows)
     if result.evidence is not None:
         print(f"scan before: {result.evidence.before.verdict}; after: {result.evidence.after.verdict}")
-        print(result.evidence.verdict)
+    for line in summary["verdict"]:
+        print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout)
     print(f"wrote {out}/model.safetensors in {result.seconds:.0f} s")
     return 0
 

@@ -78,9 +78,21 @@ def _scalar(value: Any, hint: Any, where: str) -> Any:
 
 
 def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
-    """A preset by name (``demo``, ``nad-paper``) or a YAML file by path."""
+    """A preset by name (``demo``, ``nad-paper``) or a YAML file by path.
+
+    A bare name (no ``.yaml``/``.yml``, no folder) is a preset when one has that name, whatever the current
+    folder holds: ``nad demo --out demo`` must not read the folder ``demo/``. A *file* of a preset's name is
+    ambiguous and refused; ``./NAME`` names the file.
+    """
+    text_arg = str(name_or_path)
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    bare = path.suffix not in (".yaml", ".yml") and "/" not in text_arg and "\\" not in text_arg
+    if bare and text_arg in preset_names():
+        if path.is_file():
+            raise NadError(f"{text_arg!r} is both a preset and a file here; write ./{text_arg} for the file")
+        text = resources.files("nad.presets").joinpath(f"{text_arg}.yaml").read_text()
+        return parse_yaml(text, text_arg)
+    if not bare or path.exists():
         if not path.is_file():
             raise NadError(f"{path}: no such file")
         if path.stat().st_size > MAX_YAML_BYTES:
@@ -89,12 +101,8 @@ def load_yaml(name_or_path: str | Path) -> dict[str, Any]:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise NadError(f"{path}: not UTF-8 text") from None
-    else:
-        try:
-            text = resources.files("nad.presets").joinpath(f"{name_or_path}.yaml").read_text()
-        except FileNotFoundError:
-            raise NadError(f"no preset named {name_or_path!r}; known: {', '.join(preset_names())}") from None
-    return parse_yaml(text, str(name_or_path))
+        return parse_yaml(text, text_arg)
+    raise NadError(f"no preset named {text_arg!r}; known: {', '.join(preset_names())}")
 
 
 #: Limits on a configuration file: its size, and its size once aliases are expanded (YAML's "billion

@@ -26,6 +26,8 @@ th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }
 img { max-width: 100%; }
+.verdict { font-weight: 600; margin: 0.2em 0; }
+.warning { font-weight: 600; margin: 0.2em 0; color: #a00; }
 """
 
 
@@ -72,16 +74,34 @@ def scores_table(rows: dict[str, dict[str, Any] | None]) -> str:
 
 def erase_report(summary: dict[str, Any], curves: dict[str, list[dict[str, float]]], attention: Path | None) -> str:
     cfg = summary.get("config", {})
+    name = str(cfg.get("defense", "defense"))
+    log = summary.get("log", {})
+    verdict = summary.get("verdict") or []
+    test_size = "" if cfg.get("test_size") is None else f" ({cfg['test_size']} images)"
     parts = [
-        f"<h1>nad erase: {html.escape(str(cfg.get('defense', '')))} on {html.escape(str(cfg.get('model', '')))}</h1>",
-        f"<p>Clean set: {cfg.get('clean_size')} images ({html.escape(str(cfg.get('clean')))}, ratio "
-        f"{cfg.get('clean_ratio')}). Test data: {html.escape(str(cfg.get('test')))}. "
+        f"<h1>nad erase: {html.escape(name)} on {html.escape(str(cfg.get('model', '')))}</h1>",
+        "".join(
+            f'<p class="{"warning" if line.startswith("WARNING") else "verdict"}">{html.escape(line)}</p>'
+            for line in verdict
+        ),
+        f"<p>Clean set D: {cfg.get('clean_size')} images ({html.escape(str(cfg.get('clean')))}, ratio "
+        f"{cfg.get('clean_ratio')}, stratified by class). Test data: {html.escape(str(cfg.get('test')))}"
+        f"{test_size}. "
         f"Attack: {html.escape(str(cfg.get('attack')))}. Time: {summary.get('seconds')} s.</p>",
+    ]
+    if log.get("layers"):
+        betas = ", ".join(f"{b:g}" for b in log.get("betas", []))
+        parts.append(f"<p>Distilled layers: {html.escape(', '.join(log['layers']))} (betas {betas}).</p>")
+    parts += [
         "<h2>Before and after</h2>",
         scores_table(
-            {"before": summary.get("before"), "after": summary.get("after"), "fine-tuning": summary.get("finetune")}
+            {"before": summary.get("before"), name: summary.get("after"), "finetune": summary.get("finetune")}
         ),
-        "<p>Fine-tuning is plain fine-tuning at the same budget (all betas 0): the baseline NAD must beat.</p>",
+        "<p><b>ACC</b>: accuracy on the clean test images. <b>ASR</b> (attack success rate): the share of "
+        "triggered test images of the other classes that the model assigns to the attack's target. <b>RA</b> "
+        "(robust accuracy): the share of those triggered images still given their true class. All in percent; "
+        "ASR and RA need a known attack. <b>finetune</b> is plain fine-tuning on the same clean set at the same "
+        "budget (NAD with all betas 0): the baseline a defense must beat.</p>",
     ]
     parts += evidence_section(summary.get("scan"))
     png = curves_png(curves)
@@ -95,6 +115,39 @@ def erase_report(summary: dict[str, Any], curves: dict[str, list[dict[str, float
         ]
     parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(json.dumps(cfg, indent=2))}</pre>"]
     return page("nad erase report", "\n".join(parts))
+
+
+#: Clean accuracy may fall this many points before ``nad erase`` warns that the model was damaged.
+ACC_DROP_WARNING = 10.0
+
+
+def erase_verdict(summary: dict[str, Any], num_classes: int) -> list[str]:
+    """What the run did, in a few lines: accuracy kept and attack success, each beside fine-tuning's, the
+    scan's verdict, and a WARNING line when the defense cost more than ``ACC_DROP_WARNING`` points of clean
+    accuracy or left it near chance. Empty without scores or a scan."""
+    name = summary.get("config", {}).get("defense", "defense")
+    before, after, finetune = summary.get("before"), summary.get("after"), summary.get("finetune")
+    lines = []
+    if before and after:
+        beside = f"; finetune {finetune['acc']:.2f}" if finetune and name != "finetune" else ""
+        lines.append(f"clean accuracy: {before['acc']:.2f} before, {name} {after['acc']:.2f}{beside}")
+        if after.get("asr") is not None:
+            asr = f"; finetune {finetune['asr']:.2f}" if finetune and name != "finetune" else ""
+            lines.append(f"attack success: {before['asr']:.2f} before, {name} {after['asr']:.2f}{asr}")
+        drop, chance = before["acc"] - after["acc"], 100.0 / num_classes
+        if drop > ACC_DROP_WARNING:
+            lines.append(
+                f"WARNING: {name} lost {drop:.1f} points of clean accuracy ({before['acc']:.2f} -> "
+                f"{after['acc']:.2f}); the purified model is damaged: try fewer epochs, smaller betas, or more "
+                "clean data (--clean-ratio)"
+            )
+        if after["acc"] < 1.5 * chance:
+            lines.append(
+                f"WARNING: clean accuracy {after['acc']:.2f} is near chance ({chance:.0f}% for {num_classes} classes)"
+            )
+    if summary.get("scan"):
+        lines.append(f"backdoor evidence: {summary['scan']['verdict']}")
+    return lines
 
 
 def evidence_section(evidence: dict[str, Any] | None) -> list[str]:

@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, replace
 from typing import Any
 
+from nad.config import from_mapping
 from nad.defenses.registry import defense_class
 from nad.errors import NadError
 from nad.spec import override, split_spec
@@ -75,13 +76,17 @@ def defense_config(
     settings: RunSettings = RunSettings(),
     fields: dict[str, Any] | None = None,
     params: dict[str, str] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> tuple[str, Any]:
-    """``(name, Config)`` for a defense spec: defaults, ``settings``, ``fields`` (typed values by field name,
+    """``(name, Config)`` for a defense spec: ``base`` (a YAML mapping of the defense's configuration, e.g.
+    the ``nad-paper`` preset) or the defaults, then ``settings``, ``fields`` (typed values by field name,
     refused if the defense has no such field), ``params`` (strings, ``group.key`` for nested ones), then the
     spec's own parameters."""
+
     name, own = split_spec(spec)
     cls = defense_class(name)
-    config = apply_settings(cls.Config(), settings, name)
+    start = from_mapping(cls.Config, base, f"{name} configuration") if base is not None else cls.Config()
+    config = apply_settings(start, settings, name)
     given = {k: v for k, v in (fields or {}).items() if v is not None}
     known = set() if isinstance(config, TrainConfig) else {f.name for f in dataclasses.fields(config)}
     for key in given:
