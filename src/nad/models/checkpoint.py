@@ -280,7 +280,8 @@ def load_model(
     """Load a classifier; the options override (or, for foreign files, supply) what the sidecar says.
 
     Code is imported only when the caller names it (``arch="file.py:Class"``): a sidecar that names a Python
-    file is refused unless ``arch`` is given, so a model folder can never make nad run code.
+    file is refused unless ``arch`` is given, so a model folder can never make nad run code. A folder with a
+    Hugging Face style ``config.json`` instead of a sidecar is read with :func:`read_hub_config`.
     """
     path = Path(path)
     if path.is_dir():
@@ -289,7 +290,13 @@ def load_model(
         raise NadError(f"{path}: no such model file")
     state = _read_state_dict(path)
     sidecar = path.with_suffix(".json")
-    info = read_sidecar(sidecar) if sidecar.is_file() else _infer_info(state, arch, path)
+    hub_config = path.parent / "config.json"
+    if sidecar.is_file():
+        info = read_sidecar(sidecar)
+    elif hub_config.is_file():
+        info = read_hub_config(hub_config, arch)
+    else:
+        info = _infer_info(state, arch, path)
     if arch is None and is_user_code(info.arch):
         raise NadError(
             f"{sidecar}: names the Python file {info.arch!r}; nad never imports code because a file names it. "
@@ -313,6 +320,46 @@ def load_model(
     clf = build_classifier(info, expected=state)
     clf.module.load_state_dict(state)
     return clf
+
+
+#: Names a Hugging Face style ``config.json`` may give its architecture: a timm model name, nothing else.
+HUB_ARCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+
+
+def read_hub_config(path: Path, arch: str | None) -> ModelInfo:
+    """A Hugging Face style folder (``config.json`` + ``model.safetensors``, as timm publishes models): the
+    architecture (``timm:`` + ``architecture``, unless ``arch`` is given), the class count, and from
+    ``pretrained_cfg`` the input size and the normalisation. Every value is checked; nothing is imported."""
+    where = str(path)
+    if path.stat().st_size > MAX_SIDECAR_BYTES:
+        raise NadError(f"{where}: {path.stat().st_size:,} bytes, too large for a model configuration")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise NadError(f"{where}: not valid JSON ({str(exc)[:100]})") from None
+    if not isinstance(obj, dict):
+        raise NadError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    name = obj.get("architecture")
+    if arch is None:
+        if not isinstance(name, str) or not HUB_ARCH.fullmatch(name):
+            raise NadError(
+                f"{where}: no timm 'architecture' name (got {name!r:.60}); say which architecture it is with --arch"
+            )
+        arch = f"timm:{name}"
+    num_classes = checked_int(obj.get("num_classes"), f"{where}: 'num_classes'", 1, MAX_CLASSES)
+    cfg = obj.get("pretrained_cfg")
+    cfg = {} if cfg is None else cfg
+    if not isinstance(cfg, dict):
+        raise NadError(f"{where}: 'pretrained_cfg' must be a JSON object")
+    size = cfg.get("input_size", [obj.get("in_chans", 3), 0, 0])
+    if not isinstance(size, list) or len(size) != 3:
+        raise NadError(f"{where}: 'pretrained_cfg.input_size' must be [channels, height, width], got {size!r:.60}")
+    channels = checked_int(size[0], f"{where}: input channels", 1, MAX_CHANNELS)
+    height, width = (checked_int(v, f"{where}: input size", 0, MAX_SIDE) for v in size[1:])
+    normalize = None
+    if "mean" in cfg or "std" in cfg:
+        normalize = checked_normalization(cfg.get("mean"), cfg.get("std"), f"{where}: pretrained_cfg")
+    return ModelInfo(arch, num_classes, (channels, height, width), {}, normalize)
 
 
 def is_user_code(arch: str) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import importlib.util
 import inspect
 from collections.abc import Callable
@@ -56,9 +58,45 @@ def _load_user_class(arch: str) -> Callable[..., nn.Module]:
     return cls  # type: ignore[return-value]
 
 
+#: Model libraries ``--arch LIBRARY:NAME`` builds from (untrained), when they are installed: optional extras.
+LIBRARIES = ("timm", "torchvision")
+
+
+def is_library_arch(arch: str) -> bool:
+    return arch.partition(":")[0] in LIBRARIES and bool(arch.partition(":")[2])
+
+
+def _library_builder(arch: str) -> Callable[..., nn.Module]:
+    """``timm:NAME`` or ``torchvision:NAME``: the library's own constructor, without pretrained weights."""
+    library, _, name = arch.partition(":")
+    try:
+        module = importlib.import_module("timm" if library == "timm" else "torchvision.models")
+    except Exception as exc:  # not installed, or built for another torch: both end here
+        raise NadError(
+            f"--arch {arch}: needs the {library} package (pip install 'nad[{library}]'), which cannot be imported "
+            f"here ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
+    known = module.list_models()
+    if name not in known and name.partition(".")[0] not in known:  # timm also takes NAME.PRETRAINED_TAG
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise NadError(f"--arch {arch}: {library} has no model named {name!r}{hint}")
+
+    def build(num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
+        if library == "timm":
+            return module.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+        if in_channels != 3:
+            raise NadError(f"--arch {arch}: torchvision's models take 3 channels, not {in_channels}")
+        return module.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+
+    return build
+
+
 def model_entry(arch: str) -> ModelEntry:
     if arch in MODELS:
         return MODELS[arch]
+    if is_library_arch(arch):
+        return ModelEntry(arch, _library_builder(arch))
     if arch.endswith(".py") or ".py:" in arch:
         if ":" not in arch:
             raise NadError(f"--arch {arch}: name the class too, as path/to/file.py:ClassName")
@@ -67,11 +105,12 @@ def model_entry(arch: str) -> ModelEntry:
 
 
 def create_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
-    """Build a registered architecture, or a user's ``file.py:ClassName``."""
+    """Build a registered architecture, a library's (``timm:NAME``, ``torchvision:NAME``), or a user's
+    ``file.py:ClassName``."""
     entry = model_entry(arch)
     params = {**entry.kwargs, **kwargs}
     try:
-        if arch in MODELS:
+        if arch in MODELS or is_library_arch(arch):
             return entry.build(num_classes=num_classes, in_channels=in_channels, **params)
         accepted = inspect.signature(entry.build).parameters
         if "num_classes" in accepted:

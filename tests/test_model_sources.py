@@ -1,0 +1,103 @@
+"""Models from libraries (``--arch timm:NAME``, ``torchvision:NAME``) and Hugging Face style folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from nad.cli import main
+from nad.errors import NadError
+from nad.models import create_model, load_model
+from test_cli import assert_one_line_error
+
+
+def importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None and bool(__import__(name))
+    except Exception:  # installed but built for another torch
+        return False
+
+
+HAS_TIMM = importable("timm")
+HAS_TORCHVISION = importable("torchvision")
+
+
+def hub_folder(tmp_path, config: dict, arch: str = "wrn16_1", num_classes: int = 10):
+    folder = tmp_path / "hub"
+    folder.mkdir(parents=True)
+    weights = {k: v.contiguous() for k, v in create_model(arch, num_classes).state_dict().items()}
+    save_file(weights, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+TIMM_CONFIG = {
+    "architecture": "resnet18",
+    "num_classes": 10,
+    "pretrained_cfg": {"input_size": [3, 32, 32], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.25]},
+}
+
+
+def test_a_hub_folder_gives_its_normalisation_and_size_even_with_arch(tmp_path):
+    clf = load_model(hub_folder(tmp_path, TIMM_CONFIG), arch="wrn16_1")
+    assert clf.info.arch == "wrn16_1" and clf.info.num_classes == 10 and clf.info.input_size == (3, 32, 32)
+    assert clf.info.normalize.mean == (0.5, 0.4, 0.3) and clf.info.normalize.std == (0.2, 0.2, 0.25)
+    assert load_model(hub_folder(tmp_path / "b", TIMM_CONFIG), arch="wrn16_1", normalize="none").info.normalize is None
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({**TIMM_CONFIG, "architecture": "../evil.py:Net"}, "no timm 'architecture' name"),
+        ({**TIMM_CONFIG, "architecture": None}, "with --arch"),
+        ({**TIMM_CONFIG, "num_classes": -1}, "num_classes"),
+        ({**TIMM_CONFIG, "pretrained_cfg": {"input_size": [3, 99999, 32]}}, "input size"),
+        ({**TIMM_CONFIG, "pretrained_cfg": {"mean": [0.5], "std": [0.0]}}, "std"),
+        ({**TIMM_CONFIG, "pretrained_cfg": []}, "pretrained_cfg"),
+        ([1, 2], "JSON object"),
+    ],
+)
+def test_a_hostile_hub_config_is_refused(tmp_path, config, message):
+    with pytest.raises(NadError, match=message):
+        load_model(hub_folder(tmp_path, config))
+
+
+@pytest.mark.skipif(HAS_TIMM, reason="timm is installed here")
+def test_a_timm_model_without_timm_is_one_clear_line(tmp_path, capsys):
+    folder = hub_folder(tmp_path, TIMM_CONFIG)
+    assert main(["eval", str(folder), "--data", "digits"]) == 2
+    assert_one_line_error(capsys, "--arch timm:resnet18", "pip install 'nad[timm]'")
+
+
+@pytest.mark.skipif(HAS_TORCHVISION, reason="torchvision is importable here")
+def test_a_torchvision_arch_without_torchvision_is_one_clear_line(tmp_path, capsys):
+    argv = ["train", "--data", "digits", "--arch", "torchvision:resnet18", "--epochs", "1", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert_one_line_error(capsys, "torchvision", "pip install 'nad[torchvision]'")
+
+
+@pytest.mark.skipif(not HAS_TIMM, reason="needs timm (pip install 'nad[timm]')")
+def test_a_timm_hub_folder_is_purified_through_the_cli(tmp_path, capsys):
+    import timm
+
+    folder = tmp_path / "timm"
+    folder.mkdir()
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10, in_chans=1)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    config = {"architecture": "resnet18", "num_classes": 10, "in_chans": 1,
+              "pretrained_cfg": {"input_size": [1, 16, 16], "mean": [0.5], "std": [0.5]}}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    argv = ["erase", str(folder), "--clean", "digits", "--epochs", "1", "--teacher-epochs", "1", "--no-scan"]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "clean set: 70 of the 1438 images" in capsys.readouterr().out
+    assert load_model(tmp_path / "out").info.arch == "timm:resnet18"
+
+
+@pytest.mark.skipif(not HAS_TORCHVISION, reason="needs torchvision built for this torch")
+def test_a_torchvision_arch_builds():
+    model = create_model("torchvision:resnet18", num_classes=10)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
