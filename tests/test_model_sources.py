@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_cli import assert_one_line_error
 
 from nad.cli import main
 from nad.errors import NadError
 from nad.models import create_model, load_model
-from test_cli import assert_one_line_error
 
 
 def importable(name: str) -> bool:

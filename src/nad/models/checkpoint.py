@@ -331,12 +331,7 @@ def read_hub_config(path: Path, arch: str | None) -> ModelInfo:
     architecture (``timm:`` + ``architecture``, unless ``arch`` is given), the class count, and from
     ``pretrained_cfg`` the input size and the normalisation. Every value is checked; nothing is imported."""
     where = str(path)
-    if path.stat().st_size > MAX_SIDECAR_BYTES:
-        raise NadError(f"{where}: {path.stat().st_size:,} bytes, too large for a model configuration")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise NadError(f"{where}: not valid JSON ({str(exc)[:100]})") from None
+    obj = read_small_json(path, "model configuration")
     if not isinstance(obj, dict):
         raise NadError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     name = obj.get("architecture")
@@ -368,13 +363,17 @@ def is_user_code(arch: str) -> bool:
 
 
 def read_sidecar(sidecar: Path) -> ModelInfo:
-    if sidecar.stat().st_size > MAX_SIDECAR_BYTES:
-        raise NadError(f"{sidecar}: {sidecar.stat().st_size:,} bytes, too large for a model sidecar")
+    return ModelInfo.from_json(read_small_json(sidecar, "model sidecar"), str(sidecar))
+
+
+def read_small_json(path: Path, what: str) -> Any:
+    """A JSON file of at most ``MAX_SIDECAR_BYTES``, without NaN or infinity literals."""
+    if path.stat().st_size > MAX_SIDECAR_BYTES:
+        raise NadError(f"{path}: {path.stat().st_size:,} bytes, too large for a {what}")
     try:
-        obj = json.loads(sidecar.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise NadError(f"{sidecar}: not valid JSON ({str(exc)[:100]})") from None
-    return ModelInfo.from_json(obj, str(sidecar))
+        raise NadError(f"{path}: not valid JSON ({str(exc)[:100]})") from None
 
 
 def _refuse_constant(name: str) -> Any:
