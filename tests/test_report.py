@@ -139,3 +139,19 @@ def test_erase_logs_the_curves_to_tensorboard(demo_run, tmp_path):
     curves = json.loads((tmp_path / "e" / "results.json").read_text())["curves"]
     logged = [round(e.value, 2) for e in runs.Scalars("student/acc")]
     assert logged == [round(r["acc"], 2) for r in curves["student"]]  # the same numbers as the report's curves
+    final = json.loads((tmp_path / "e" / "results.json").read_text())["after"]
+    assert [round(e.value, 2) for e in runs.Scalars("final/acc")] == [round(final["acc"], 2)]
+
+
+def test_tensorboard_gets_the_hyperparameters_with_the_final_scores(tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from nad.api import CurveRecorder, hyperparameters
+    from nad.defenses import NADConfig
+
+    hparams = hyperparameters(NADConfig())
+    assert hparams["teacher_epochs"] == 10 and hparams["train.optim.lr"] == 0.1 and hparams["layers"] == ""
+    recorder = CurveRecorder(tensorboard=tmp_path)
+    recorder.close(hparams, {"final/acc": 81.5, "final/asr": None})
+    runs = event_accumulator.EventAccumulator(str(tmp_path))
+    runs.Reload()
+    assert [e.value for e in runs.Scalars("final/acc")] == [81.5] and "final/asr" not in runs.Tags()["scalars"]

@@ -98,6 +98,7 @@ class EraseResult:
     seconds: float
     curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     evidence: ScanComparison | None = None  # the trigger-agnostic scan before and after, when asked for
+    finetuned: Classifier | None = None  # the plain fine-tuning baseline's model, when it ran
 
 
 class CurveRecorder:
@@ -128,9 +129,29 @@ class CurveRecorder:
                     self.writer.add_scalar(f"{phase}/{name}", value, epoch + 1)
             self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, hparams: dict[str, Any] | None = None, metrics: dict[str, float | None] | None = None) -> None:
+        """Close the TensorBoard log, first recording the run's hyperparameters with its final scores."""
         if self.writer is not None:
+            scores = {k: v for k, v in (metrics or {}).items() if v is not None}
+            if hparams:
+                self.writer.add_hparams(hparams, scores, run_name=".")
             self.writer.close()
+
+
+def hyperparameters(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A (nested) dataclass configuration flattened to TensorBoard's hparam values: numbers, strings, booleans."""
+    import dataclasses
+
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            flat |= hyperparameters(value, f"{prefix}{f.name}.")
+        elif isinstance(value, bool | int | float | str):
+            flat[prefix + f.name] = value
+        elif isinstance(value, tuple | list):
+            flat[prefix + f.name] = ",".join(map(str, value))
+    return flat
 
 
 def tensorboard_writer(folder: Path) -> Any:
@@ -233,7 +254,7 @@ def erase(
     scanned = scan(model, scan_data, scan_config, quiet=quiet) if scan_config is not None else None
     subset = fixed_subset(test, curve_subset) if test is not None and curve_subset else None
     recorder = CurveRecorder(subset, attack, tensorboard)
-    finetune, baseline_seconds, fine_tuned = None, None, None
+    finetune, baseline_seconds, fine_tuned, ft_model = None, None, None, None
     if baseline and not isinstance(defense, FineTune):
         budget = getattr(defense.config, "train", None)
         # The same budget as the defense's own schedule; a defense without one (ANP, I-BAU) is compared with
@@ -256,13 +277,15 @@ def erase(
         start_from = defense.fine_tuned_start()
         if start_from is not None:
             repair.log[f"{start_from.role}_from_baseline"] = fine_tuned is not None
-    recorder.close()
+    recorder.close(hyperparameters(defense.config), {"final/acc": after.acc, "final/asr": after.asr} if after else {})
     evidence = None
     if scanned is not None:
         evidence = ScanComparison(scanned, scan(repair.model, scan_data, scan_config, quiet=quiet))
     seconds = time.perf_counter() - start
+    if isinstance(defense, FineTune):
+        ft_model = repair.model
     return EraseResult(
-        repair.model, before, after, finetune, repair.log, len(clean), seconds, recorder.curves, evidence
+        repair.model, before, after, finetune, repair.log, len(clean), seconds, recorder.curves, evidence, ft_model
     )
 
 
@@ -341,7 +364,10 @@ def save_erase_outputs(
     if test is not None:
         clean, triggered = attention_sample(test, attack)
         layers = result.log.get("layers") or resolve_layers(original, original.preprocess(clean[:2]), NADConfig())[0]
-        rows = [("before", original, layers), ("after", result.model, layers)]
+        name = summary.get("config", {}).get("defense", "after")
+        rows = [("before", original, layers), (name, result.model, layers)]
+        if result.finetuned is not None and result.finetuned is not result.model:
+            rows.append(("finetune", result.finetuned, layers))
         figure = attention_figure(rows, clean, triggered, out / "attention.png", test.classes)
     if result.evidence is not None:
         for when, found in (("before", result.evidence.before), ("after", result.evidence.after)):

@@ -61,6 +61,7 @@ def attention_figure(
         axes[0, j].set_title("clean" if j < len(clean) else "triggered", fontsize=8)
     axes[0, 0].set_ylabel("input", fontsize=8, rotation=0, ha="right", va="center")
     row = 1
+    overlay = None
     for name, clf, layers in models:
         device = next(clf.module.parameters()).device
         maps, preds = attention_maps(clf, images.to(device), layers)
@@ -68,7 +69,7 @@ def attention_figure(
             for j in range(n):
                 ax = axes[row, j]
                 ax.imshow(show[j], cmap=cmap_img, vmin=0, vmax=1)
-                ax.imshow(amap[j].cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                overlay = ax.imshow(amap[j].cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
                 label = int(preds[j])
                 ax.set_title(f"pred {class_names[label] if class_names else label}", fontsize=7)
             axes[row, 0].set_ylabel(f"{name}\n{layer}", fontsize=8, rotation=0, ha="right", va="center")
@@ -77,6 +78,8 @@ def attention_figure(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
+    if overlay is not None:  # the maps are scaled to [0, 1] per image: the bar reads the same for every cell
+        fig.colorbar(overlay, ax=axes[1:, :].ravel().tolist(), fraction=0.02, pad=0.01, label="attention (scaled)")
     return save_figure(fig, out)
 
 
