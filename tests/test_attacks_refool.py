@@ -24,10 +24,21 @@ def test_registered_and_parsed():
     assert attack.clean_label
     assert parse_attack(attack.spec()) == attack
     assert Refool().rate == 0.4 and Refool().kind == "mix" and Refool().count == 200
+    assert Refool().reflections == "photos" and Refool().select_rounds == 16 and Refool().candidates == 1000
 
 
 @pytest.mark.parametrize(
-    "spec", ["refool:kind=mirror", "refool:count=0", "refool:sigma_min=3,sigma_max=2", "refool:mode=all2all"]
+    "spec",
+    [
+        "refool:count=5,candidates=4",
+        "refool:select_share=0",
+        "refool:select_eval=0",
+        "refool:select_rounds=-1",
+        "refool:kind=mirror",
+        "refool:count=0",
+        "refool:sigma_min=3,sigma_max=2",
+        "refool:mode=all2all",
+    ],
 )
 def test_bad_parameters(spec):
     with pytest.raises(NadError):
@@ -36,7 +47,7 @@ def test_bad_parameters(spec):
 
 def test_poisons_a_share_of_the_target_class_and_keeps_labels():
     data = small(60)
-    attack = parse_attack("refool:target=3,rate=0.5").prepare(data)
+    attack = parse_attack("refool:reflections=none,target=3,rate=0.5").prepare(data)
     result = attack.poison(data)
     target_count = int((data.y == 3).sum())
     assert len(result.indices) == round(0.5 * target_count)
@@ -49,7 +60,7 @@ def test_poisons_a_share_of_the_target_class_and_keeps_labels():
 @pytest.mark.parametrize("kind", ["focus", "blur", "ghost", "mix"])
 def test_every_kind_changes_every_image(kind):
     data = small(30)
-    attack = parse_attack(f"refool:kind={kind}").prepare(data)
+    attack = parse_attack(f"refool:reflections=none,kind={kind}").prepare(data)
     x = data.x[:12]
     out = attack.apply(x)
     assert out.dtype == torch.uint8 and out.shape == x.shape
@@ -59,7 +70,10 @@ def test_every_kind_changes_every_image(kind):
 
 def test_kinds_differ_from_each_other():
     data = small(30)
-    outs = [parse_attack(f"refool:kind={k}").prepare(data).apply(data.x[:8]) for k in ("focus", "blur", "ghost")]
+    outs = [
+        parse_attack(f"refool:reflections=none,kind={k}").prepare(data).apply(data.x[:8])
+        for k in ("focus", "blur", "ghost")
+    ]
     assert not torch.equal(outs[0], outs[1]) and not torch.equal(outs[1], outs[2])
 
 
@@ -84,16 +98,16 @@ def test_shift_moves_each_image_by_its_own_offset():
 
 def test_deterministic_for_the_seed():
     data = small(60)
-    a = parse_attack("refool:target=1,seed=4").prepare(data).poison(data)
-    b = parse_attack("refool:target=1,seed=4").prepare(data).poison(data)
-    c = parse_attack("refool:target=1,seed=5").prepare(data).poison(data)
+    a = parse_attack("refool:reflections=none,target=1,seed=4").prepare(data).poison(data)
+    b = parse_attack("refool:reflections=none,target=1,seed=4").prepare(data).poison(data)
+    c = parse_attack("refool:reflections=none,target=1,seed=5").prepare(data).poison(data)
     assert torch.equal(a.data.x, b.data.x) and torch.equal(a.indices, b.indices)
     assert not torch.equal(a.data.x, c.data.x)
 
 
 def test_test_set_triggers_non_target_images_only():
     data = small(40)
-    attack = parse_attack("refool:target=0").prepare(data)
+    attack = parse_attack("refool:reflections=none,target=0").prepare(data)
     triggered = attack.test_set(data)
     assert len(triggered) == int((data.y != 0).sum())
     assert bool((triggered.y == 0).all())
@@ -101,7 +115,7 @@ def test_test_set_triggers_non_target_images_only():
 
 def test_default_pool_comes_from_non_target_images():
     data = small(40)
-    attack = parse_attack("refool:target=2,count=7").prepare(data)
+    attack = parse_attack("refool:reflections=none,target=2,count=7").prepare(data)
     pool = attack.pool()
     assert pool.shape == (7, 3, 16, 16)
     others = data.x[data.y != 2]
@@ -110,7 +124,7 @@ def test_default_pool_comes_from_non_target_images():
 
 def test_without_a_pool_apply_says_what_to_do():
     with pytest.raises(NadError, match="reflections="):
-        parse_attack("refool").apply(small(4).x)
+        parse_attack("refool:reflections=none").apply(small(4).x)
 
 
 def write_pngs(folder, count: int = 3, size: int = 20, mode: str = "RGB"):
@@ -151,7 +165,7 @@ def test_missing_reflections_path(tmp_path):
 
 def test_pool_saved_in_workdir_reproduces_the_trigger(tmp_path):
     data = small(40)
-    prepared = parse_attack("refool:count=9").prepare(data, tmp_path)
+    prepared = parse_attack("refool:reflections=none,count=9").prepare(data, tmp_path)
     assert prepared.reflections == REFLECTIONS_FILE
     assert (tmp_path / REFLECTIONS_FILE).is_file()
     assert prepared.spec() == f"refool:reflections={REFLECTIONS_FILE},count=9"
@@ -164,3 +178,42 @@ def test_ghost_offset_must_fit_the_image():
     with pytest.raises(NadError, match="offset"):
         parse_attack("refool:kind=ghost").check(10, (3, 8, 8))
     parse_attack("refool:kind=blur").check(10, (3, 8, 8))
+
+
+def test_photo_pool_is_natural_crops_at_four_times_cifar_resolution(tmp_path):
+    from nad.attacks.refool import PHOTO_SIDE, photo_crops
+
+    pool = photo_crops(12, torch.Generator().manual_seed(0))
+    assert pool.shape == (12, 3, PHOTO_SIDE, PHOTO_SIDE) and PHOTO_SIDE == 4 * 32
+    assert torch.equal(pool, photo_crops(12, torch.Generator().manual_seed(0)))
+    assert len({bytes(p.numpy()) for p in pool}) == 12  # every crop differs
+    # Photographs, not noise: neighbouring pixels are close (random images differ by ~85 levels on average).
+    assert float((pool[..., 1:].float() - pool[..., :-1].float()).abs().mean()) < 20
+    data = small(30)
+    attack = parse_attack("refool:select_rounds=0,count=12").prepare(data, tmp_path)
+    assert attack.reflections == REFLECTIONS_FILE and torch.equal(attack.pool(), pool)
+    assert bool((attack.apply(data.x[:4]) != data.x[:4]).flatten(1).any(1).all())
+
+
+@pytest.mark.slow
+def test_adversarial_selection_keeps_the_best_scoring_candidates():
+    from nad.attacks.refool import photo_crops, select_reflections
+
+    data = small(80, size=16)
+    attack = parse_attack("refool:target=1,count=4,candidates=12,select_rounds=2,select_epochs=1,surrogate_epochs=1")
+    chosen = select_reflections(attack, photo_crops(12, torch.Generator().manual_seed(0)), data)
+    candidates = photo_crops(12, torch.Generator().manual_seed(0))
+    assert chosen.shape == (4, 3, 128, 128)
+    assert all(bool((candidates == c).flatten(1).all(1).any()) for c in chosen)  # a subset of the candidates
+    again = select_reflections(attack, candidates, data)
+    assert torch.equal(chosen, again)  # seeded
+
+
+def test_a_raised_attack_version_changes_the_bench_model_key():
+    from nad.bench.grid import ModelSpec
+    from nad.training import TrainConfig
+
+    old = ModelSpec("cifar10:x", 0, "wrn16_1", {}, "cifar10", "refool", TrainConfig())
+    assert "attack_version" not in old.to_json()  # version 1 keeps every key made before versions existed
+    new = ModelSpec("cifar10:x", 0, "wrn16_1", {}, "cifar10", "refool", TrainConfig(), Refool.version)
+    assert Refool.version == 2 and new.key != old.key

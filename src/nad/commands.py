@@ -77,6 +77,7 @@ def run_train(args: argparse.Namespace) -> int:
             "data": args.data,
             "arch": args.arch,
             "attack": attack.spec() if attack else None,
+            "attack_version": type(attack).version if attack else None,
             "profile": args.profile,
             **asdict(cfg),
         },

@@ -49,6 +49,9 @@ class Attack:
     seed: int = 0
 
     name: ClassVar[str] = ""
+    #: Raised when a change of the code or of a default changes what a spec does (Refool 2: natural photos
+    #: and adversarial selection by default), so that models cached under the old behaviour are not reused.
+    version: ClassVar[int] = 1
     clean_label: ClassVar[bool] = False
     path_fields: ClassVar[tuple[str, ...]] = ()  # spec fields that name files
 

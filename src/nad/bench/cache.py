@@ -146,7 +146,8 @@ def zoo_matches(record: dict[str, Any], folder: Path, spec: ModelSpec, data_fing
     try:
         train = from_mapping(TrainConfig, {k: v for k, v in config.items() if k in names}, str(folder))
         attack = parse_attack(config["attack"]).spec() if config.get("attack") else None
-        if key_dict(train) != key_dict(spec.train) or attack != spec.attack:
+        version = config.get("attack_version") or 1  # recorded since versions exist; before, all were 1
+        if key_dict(train) != key_dict(spec.train) or attack != spec.attack or version != spec.attack_version:
             return False  # decided from results.json alone, before any weights are read
         info = load_model(folder).info
     except (NadError, KeyError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,8 @@ class ModelSpec:
     normalize: str
     attack: str  # canonical spec, with the bench's attack_params applied
     train: TrainConfig
+    # The attack's ``version``: in the key only once raised, so the keys of unchanged attacks stay valid.
+    attack_version: int = field(default=1, metadata={"hash": "when-changed"})
 
     def to_json(self) -> dict[str, Any]:
         return key_dict(self)
@@ -216,6 +218,7 @@ def study_cells(cfg: BenchConfig, study: Study) -> list[Cell]:
                 normalize,
                 attack.spec(),
                 replace(cfg.model_train(study), seed=model_seed),
+                type(attack).version,
             )
             for defense_spec in study.defenses:
                 name, config = resolve_defense(defense_spec, cfg, seed)
