@@ -146,7 +146,7 @@ def erase_verdict(summary: dict[str, Any], num_classes: int) -> list[str]:
                 f"WARNING: clean accuracy {after['acc']:.2f} is near chance ({chance:.0f}% for {num_classes} classes)"
             )
     if summary.get("scan"):
-        lines.append(f"backdoor evidence: {summary['scan']['verdict']}")
+        lines.append(f"scan: {summary['scan']['verdict']}")
     return lines
 
 
