@@ -101,3 +101,21 @@ def test_a_timm_hub_folder_is_purified_through_the_cli(tmp_path, capsys):
 def test_a_torchvision_arch_builds():
     model = create_model("torchvision:resnet18", num_classes=10)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_user_architecture_is_recorded_by_absolute_path(tmp_path, monkeypatch):
+    (tmp_path / "mynet.py").write_text(
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, num_classes=10, in_channels=1):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU())\n"
+        "        self.head = nn.Linear(16, num_classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.body(x).mean((2, 3)))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--data", "digits", "--arch", "mynet.py:Net", "--epochs", "1", "--out", "m", "--quiet"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    sidecar = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert sidecar["arch"] == f"{tmp_path / 'mynet.py'}:Net" and sidecar["input_size"] == [1, 16, 16]

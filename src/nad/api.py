@@ -17,7 +17,14 @@ from nad.data.stream import StreamData
 from nad.defenses.base import Defense, FineTunedStart
 from nad.errors import NadError
 from nad.metrics import Scores, evaluate
-from nad.models.checkpoint import Classifier, ModelInfo, Normalization, build_classifier, checked_arch_kwargs
+from nad.models.checkpoint import (
+    Classifier,
+    ModelInfo,
+    Normalization,
+    build_classifier,
+    checked_arch_kwargs,
+    is_user_code,
+)
 from nad.scan import ScanComparison, ScanConfig, scan
 from nad.training import History, TrainConfig, load_profile, train
 
@@ -65,6 +72,9 @@ def train_model(
             f"the normalisation has {len(normalize.mean)} values per statistic but {data.name} has "
             f"{data.image_shape[0]} channels"
         )
+    if is_user_code(arch):  # recorded for information (loading needs --arch again): where, not where from
+        file, _, name = arch.rpartition(":")
+        arch = f"{Path(file).resolve()}:{name}"
     info = ModelInfo(
         arch,
         data.num_classes,
