@@ -235,7 +235,7 @@ def _erase_args(defense: str, *extra: str):
 
 
 def test_erase_builds_every_defense_config() -> None:
-    for name in ("finetune", "fine_pruning", "mcr", "nad", "anp", "ibau"):
+    for name in ("finetune", "fine_pruning", "mcr", "nad", "anp", "ibau", "fst"):
         defense = defense_from_args(_erase_args(name, "--seed", "3"))
         assert type(defense) is DEFENSES[name]
     assert defense_from_args(_erase_args("finetune", "--epochs", "4")).config.epochs == 4
@@ -256,6 +256,6 @@ def test_erase_builds_every_defense_config() -> None:
 def test_defenses_command_lists_parameters(capsys) -> None:
     assert main(["defenses"]) == 0
     out = capsys.readouterr().out
-    for name in ("finetune", "fine_pruning", "mcr", "nad", "anp", "ibau"):
+    for name in ("finetune", "fine_pruning", "mcr", "nad", "anp", "ibau", "fst"):
         assert f"\n{name}: " in "\n" + out
     assert "train.epochs" in out and "iterations" in out and "threshold" in out and "ICLR 2022" in out

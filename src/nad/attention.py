@@ -79,6 +79,12 @@ class FeatureHooks:
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+def last_module_of(model: nn.Module, kind: type[nn.Module]) -> str | None:
+    """The qualified name of the last module of type ``kind`` in module order (None if there is none)."""
+    names = [name for name, m in model.named_modules() if isinstance(m, kind)]
+    return names[-1] if names else None
+
+
 def find_module(model: nn.Module, name: str) -> nn.Module:
     names = dict(model.named_modules())
     for candidate in (name, *(prefix + name for prefix in WRAPPER_PREFIXES)):

@@ -138,6 +138,17 @@ def cross_entropy(module: nn.Module, inputs: Tensor, targets: Tensor) -> dict[st
     return {"ce": F.cross_entropy(module(inputs), targets)}
 
 
+def sgd_cosine(epochs: int, lr: float = 0.01, batch_size: int = 128) -> TrainConfig:
+    """SGD (momentum 0.9, no Nesterov, no weight decay) with cosine annealing, random crop and flip: the tuning
+    schedule of the BackdoorBench-style defense code that MCR's curve training and FST follow."""
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        optim=OptimConfig(lr=lr, momentum=0.9, nesterov=False, weight_decay=0.0, schedule="cosine"),
+        augment=Augment(crop_padding=4, flip=True, cutout_holes=0),
+    )
+
+
 @dataclass
 class History:
     """Per-epoch means of each loss term, plus whatever the epoch callback recorded."""
@@ -211,8 +222,11 @@ def train(
     quiet: bool = False,
     on_epoch: EpochCallback | None = None,
     state_path: Path | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> History:
     """Train ``clf.module`` in place on ``data`` (which must be on the module's device).
+
+    ``after_step`` runs after every optimiser step (a projection of the weights, as FST keeps its head's norm).
 
     With ``state_path``, the full training state (weights, optimiser, random generators, history) is saved
     there atomically after every epoch (by rank 0), and a run that finds the file resumes after its last epoch.
@@ -266,6 +280,8 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
             opt.step()
+            if after_step is not None:
+                after_step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() * len(y)
             count += len(y)

@@ -1,10 +1,11 @@
 """Backdoor defenses behind one interface: ``DEFENSES[name](config).repair(model, clean)``."""
 
-from nad.defenses import anp, fine_pruning, finetune, ibau, mcr, nad  # noqa: F401  (register the defenses)
+from nad.defenses import anp, fine_pruning, finetune, fst, ibau, mcr, nad  # noqa: F401  (register the defenses)
 from nad.defenses.anp import ANP, ANPConfig
 from nad.defenses.base import Defense, Repair
 from nad.defenses.fine_pruning import FinePruning, FinePruningConfig
 from nad.defenses.finetune import FineTune
+from nad.defenses.fst import FST, FSTConfig
 from nad.defenses.ibau import IBAU, IBAUConfig
 from nad.defenses.mcr import MCR, MCRConfig
 from nad.defenses.nad import NAD, NADConfig
@@ -13,11 +14,13 @@ from nad.defenses.registry import DEFENSES, defense_class, register_defense
 __all__ = [
     "ANP",
     "DEFENSES",
+    "FST",
     "IBAU",
     "MCR",
     "NAD",
     "ANPConfig",
     "Defense",
+    "FSTConfig",
     "FinePruning",
     "FinePruningConfig",
     "FineTune",

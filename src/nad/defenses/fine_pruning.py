@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from nad.attention import find_module
+from nad.attention import find_module, last_module_of
 from nad.data.dataset import ImageData, stratified_split
 from nad.defenses.base import Defense, Monitor, Repair, epoch_hook
 from nad.defenses.registry import register_defense
@@ -65,10 +65,10 @@ class FinePruningConfig:
 
 def last_conv(module: nn.Module) -> str:
     """The qualified name of the last ``nn.Conv2d`` in module order."""
-    names = [name for name, m in module.named_modules() if isinstance(m, nn.Conv2d)]
-    if not names:
+    name = last_module_of(module, nn.Conv2d)
+    if name is None:
         raise NadError("fine_pruning: the model has no nn.Conv2d; name the layer to prune with layer=NAME")
-    return names[-1]
+    return name
 
 
 def following_bn(module: nn.Module, conv: nn.Conv2d, sample: Tensor) -> nn.BatchNorm2d | None:

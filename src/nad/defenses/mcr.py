@@ -32,22 +32,16 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from nad import distributed
-from nad.data.augment import Augment
 from nad.data.dataset import ImageData
 from nad.defenses.base import Defense, FineTunedStart, Monitor, Repair
 from nad.defenses.finetune import FineTune
 from nad.defenses.registry import register_defense
 from nad.errors import NadError
 from nad.models.checkpoint import Classifier
-from nad.training import OptimConfig, TrainConfig, train
+from nad.training import TrainConfig, sgd_cosine, train
 
 #: Curve training as in the reference code: 100 epochs, batch 128, SGD lr 0.01, momentum 0.9, crop and flip.
-CURVE_TRAIN = TrainConfig(
-    epochs=100,
-    batch_size=128,
-    optim=OptimConfig(lr=0.01, momentum=0.9, nesterov=False, weight_decay=0.0, schedule="cosine"),
-    augment=Augment(crop_padding=4, flip=True, cutout_holes=0),
-)
+CURVE_TRAIN = sgd_cosine(100)
 
 
 @dataclass(frozen=True)
