@@ -79,10 +79,13 @@ class FeatureHooks:
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-def last_module_of(model: nn.Module, kind: type[nn.Module]) -> str | None:
-    """The qualified name of the last module of type ``kind`` in module order (None if there is none)."""
+def last_module_of(model: nn.Module, kind: type[nn.Module], who: str, option: str) -> str:
+    """The qualified name of the last module of type ``kind`` in module order; without one, ``who`` asks the
+    user to name the module with ``option``."""
     names = [name for name, m in model.named_modules() if isinstance(m, kind)]
-    return names[-1] if names else None
+    if not names:
+        raise NadError(f"{who}: the model has no nn.{kind.__name__}; name the module with {option}=NAME")
+    return names[-1]
 
 
 def find_module(model: nn.Module, name: str) -> nn.Module:

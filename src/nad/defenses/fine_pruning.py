@@ -65,10 +65,7 @@ class FinePruningConfig:
 
 def last_conv(module: nn.Module) -> str:
     """The qualified name of the last ``nn.Conv2d`` in module order."""
-    name = last_module_of(module, nn.Conv2d)
-    if name is None:
-        raise NadError("fine_pruning: the model has no nn.Conv2d; name the layer to prune with layer=NAME")
-    return name
+    return last_module_of(module, nn.Conv2d, "fine_pruning", "layer")
 
 
 def following_bn(module: nn.Module, conv: nn.Conv2d, sample: Tensor) -> nn.BatchNorm2d | None:

@@ -53,10 +53,7 @@ class FSTConfig:
 
 
 def last_linear(module: nn.Module) -> str:
-    name = last_module_of(module, nn.Linear)
-    if name is None:
-        raise NadError("fst: the model has no nn.Linear head; name it with head=NAME")
-    return name
+    return last_module_of(module, nn.Linear, "fst", "head")
 
 
 def reinitialise(head: nn.Linear, gen: torch.Generator) -> None:
