@@ -224,6 +224,12 @@ def split_clean(
     return clean, pool.subset(left.to(pool.x.device), name=f"{pool.name} (held out of the clean set)")
 
 
+def scan_images(clean: ImageData, rest: ImageData, seed: int) -> ImageData:
+    """The images to scan a model with around a defense: as many as the clean set D, drawn from the clean
+    images D leaves out when there are enough (the defense trains on D, which flatters a scan on D)."""
+    return fixed_subset(rest, len(clean), seed + 1) if len(rest) >= len(clean) else clean
+
+
 def _few_ints(values: list[int], n: int = 10) -> str:
     return ", ".join(map(str, values[:n])) + (f" and {len(values) - n} more" if len(values) > n else "")
 

@@ -299,7 +299,7 @@ def erase_summary(
 
 
 def run_erase(args: argparse.Namespace) -> int:
-    from nad.api import erase, fixed_subset, save_erase_outputs, split_clean
+    from nad.api import erase, fixed_subset, save_erase_outputs, scan_images, split_clean
     from nad.scan import ScanConfig
 
     device = resolve_device(args.device, args.deterministic)
@@ -320,8 +320,6 @@ def run_erase(args: argparse.Namespace) -> int:
     if test is None and len(rest) >= HELD_OUT_MIN:
         # No test data: the clean images the defense leaves out still measure the accuracy it keeps.
         test, spec = fixed_subset(rest, HELD_OUT_MAX, args.seed), f"{args.clean} (held out of the clean set)"
-    # The scan looks at clean images the defense does not train on, as many as it trains on, when there are.
-    scan_data = fixed_subset(rest, len(clean), args.seed + 1) if len(rest) >= len(clean) else clean
     with keep_last_good_model(out):
         result = erase(
             clf,
@@ -334,7 +332,7 @@ def run_erase(args: argparse.Namespace) -> int:
             curve_subset=args.curves,
             tensorboard=Path(args.tensorboard) if args.tensorboard else None,
             scan_config=None if args.no_scan else ScanConfig(seed=args.seed, precision=args.precision or "fp32"),
-            scan_data=scan_data,
+            scan_data=scan_images(clean, rest, args.seed),
         )
     if not distributed.is_main():
         return 0  # under torchrun only rank 0 writes and prints; the others wait for it at a barrier

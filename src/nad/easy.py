@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nad.api import EraseResult, select_clean
+from nad.api import EraseResult, scan_images, split_clean
 from nad.api import erase as erase_classifier
 from nad.attacks import parse_attack
 from nad.attacks.base import Attack
@@ -59,9 +59,7 @@ def erase(
     clean_data = as_image_data(clean, "clean")
     clf = as_classifier(model, normalize, clean_data)
     device = next(iter(clf.module.parameters()), torch.empty(0)).device
-    clean_data = clean_data.to(device)
-    if clean_ratio < 1:
-        clean_data = select_clean(clean_data, clean_ratio, seed, clf.info.num_classes)
+    clean_data, rest = split_clean(clean_data.to(device), clean_ratio, seed, clf.info.num_classes)
     test_data = as_image_data(test, "test", split="test").to(device) if test is not None else None
     if isinstance(attack, str):
         attack = parse_attack(attack)
@@ -69,7 +67,15 @@ def erase(
         attack.check(clf.info.num_classes, clean_data.image_shape)
     scan_config = ScanConfig(seed=seed) if scan is True else (scan or None)
     return erase_classifier(
-        clf, clean_data, as_defense(defense, seed), test_data, attack, baseline, quiet, scan_config=scan_config
+        clf,
+        clean_data,
+        as_defense(defense, seed),
+        test_data,
+        attack,
+        baseline=baseline,
+        quiet=quiet,
+        scan_config=scan_config,
+        scan_data=scan_images(clean_data, rest, seed),
     )
 
 
