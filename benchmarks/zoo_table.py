@@ -3,6 +3,7 @@ made it. Run from the repository root: ``python -m benchmarks.zoo_table``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,8 +30,18 @@ that of the run on 2 CPU cores, often shared with other work, so it overstates t
 """
 
 
+def requested(spec: str) -> str:
+    """The attack spec as given to ``nad train``: without the files its preparation wrote (a Trojan trigger,
+    a Refool pool), which the recorded spec names."""
+    from nad.attacks import parse_attack
+
+    attack = parse_attack(spec)
+    made = {key: getattr(type(attack), key, None) for key in attack.path_fields}
+    return dataclasses.replace(attack, **made).spec()
+
+
 def command(name: str, config: dict) -> str:
-    attack = f" --attack {config['attack']}" if config.get("attack") else ""
+    attack = f" --attack {requested(config['attack'])}" if config.get("attack") else ""
     return (
         f"`nad train --data cifar10:data/cifar10 --arch {config['arch']} --profile {config.get('profile', '?')}"
         f"{attack} --seed {config.get('seed', 0)} --out zoo/{name}`"
