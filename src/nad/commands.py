@@ -317,8 +317,8 @@ def run_erase(args: argparse.Namespace) -> int:
     clean, rest = split_clean(pool.to(device), args.clean_ratio, args.seed, clf.info.num_classes)
     every = " (all of them)" if len(rest) == 0 else f"; --clean-ratio {args.clean_ratio:g}, stratified by class"
     print(f"clean set: {len(clean)} of the {len(pool)} images of {args.clean}{every}")
-    if test is None and len(rest) >= HELD_OUT_MIN:
-        # No test data: the clean images the defense leaves out still measure the accuracy it keeps.
+    held_out = test is None and len(rest) >= HELD_OUT_MIN
+    if held_out:  # no test data: the clean images the defense leaves out still measure the accuracy it keeps
         test, spec = fixed_subset(rest, HELD_OUT_MAX, args.seed), f"{args.clean} (held out of the clean set)"
     with keep_last_good_model(out):
         result = erase(
@@ -342,7 +342,7 @@ def run_erase(args: argparse.Namespace) -> int:
         save_erase_outputs(folder, clf, result, summary, test, attack)
     if test is None:
         print("no test data (give --test): scores were not measured")
-    elif spec and spec.endswith("(held out of the clean set)"):
+    elif held_out:
         print(f"scored on {len(test)} clean images held out of the defense's set (give --test for a test set)")
     rows = {"before": result.before, defense.name: result.after}
     if defense.name != "finetune":
