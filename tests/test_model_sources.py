@@ -68,9 +68,54 @@ def test_a_hostile_hub_config_is_refused(tmp_path, config, message):
 
 @pytest.mark.skipif(HAS_TIMM, reason="timm is installed here")
 def test_a_timm_model_without_timm_is_one_clear_line(tmp_path, capsys):
-    folder = hub_folder(tmp_path, TIMM_CONFIG)
+    folder = hub_folder(tmp_path, {**TIMM_CONFIG, "architecture": "convnext_tiny.fb_in1k"})
     assert main(["eval", str(folder), "--data", "digits"]) == 2
-    assert_one_line_error(capsys, "--arch timm:resnet18", "pip install 'nad[timm]'")
+    assert_one_line_error(capsys, "--arch timm:convnext_tiny.fb_in1k", "pip install 'nad[timm]'")
+
+
+def timm_resnet_folder(tmp_path, name: str = "resnet18.a1_in1k"):
+    """A folder as timm publishes a ResNet-18 (its ``config.json`` keys), for 16x16 grey images."""
+    folder = tmp_path / "timm-resnet18"
+    folder.mkdir()
+    weights = create_model("resnet18", num_classes=10, in_channels=1).state_dict()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
+    config = {"architecture": name, "num_classes": 10, "num_features": 512, "global_pool": "avg", "in_chans": 1,
+              "pretrained_cfg": {"tag": "a1_in1k", "input_size": [1, 16, 16], "interpolation": "bicubic",
+                                 "mean": [0.5], "std": [0.5], "classifier": "fc"}}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_timm_resnet_folder_is_purified_through_the_cli_without_timm(tmp_path, capsys):
+    argv = ["erase", str(timm_resnet_folder(tmp_path)), "--clean", "digits", "--epochs", "1", "--teacher-epochs", "1"]
+    # at 16x16 the ImageNet stem leaves layer3 and layer4 1x1: distil the two layers that still have a map
+    argv += ["--layers", "layer1,layer2", "--betas", "500,1000", "--no-scan", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "clean set: 70 of the 1438 images" in out and "clean accuracy:" in out
+    assert "WARNING: clean accuracy" in err  # untrained weights: near chance, and the terminal says so
+    clf = load_model(tmp_path / "out")
+    assert clf.info.arch == "resnet18" and clf.info.input_size == (1, 16, 16) and clf.info.normalize.mean == (0.5,)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["config"]["layers"] == ["layer1", "layer2"]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_nad_resnets_compute_what_the_libraries_do(name, library):
+    if not (HAS_TIMM if library == "timm" else HAS_TORCHVISION):
+        pytest.skip(f"needs {library} built for this torch")
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = timm.create_model(name, num_classes=10) if library == "timm" else getattr(torchvision.models, name)(10)
+    for bn in (m for m in ref.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0), bn.weight.data.uniform_(0.5, 1.5)
+    ours = create_model(name, num_classes=10)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(ours.eval()(x), ref.eval()(x))
 
 
 @pytest.mark.skipif(HAS_TORCHVISION, reason="torchvision is importable here")

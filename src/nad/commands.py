@@ -363,7 +363,7 @@ def run_demo(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device, args.deterministic))
     with output_set(out) as folder:
         trained, result = demo(folder, args.seed, args.quiet, device)
-    print_scores({"backdoored": result.before, "NAD": result.after, "finetune": result.finetune})
+    print_scores({"before": result.before, "nad": result.after, "finetune": result.finetune})
     print(f"wrote {out}/results.json, {out}/attention.png and the models in {result.seconds + trained.seconds:.0f} s")
     return 0
 

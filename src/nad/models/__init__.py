@@ -1,6 +1,6 @@
 """Architectures (by registry name) and safe checkpoint I/O."""
 
-from nad.models import preact_resnet, small_cnn, wrn  # noqa: F401  (register the architectures)
+from nad.models import preact_resnet, resnet, small_cnn, wrn  # noqa: F401  (register the architectures)
 from nad.models.checkpoint import (
     Classifier,
     ModelInfo,

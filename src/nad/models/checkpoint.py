@@ -324,12 +324,16 @@ def load_model(
 
 #: Names a Hugging Face style ``config.json`` may give its architecture: a timm model name, nothing else.
 HUB_ARCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+#: timm architectures nad builds itself, with the same parameter names and forward pass (``nad.models.resnet``),
+#: so a folder timm publishes for them needs no timm.
+NATIVE_TIMM_ARCHS = ("resnet18", "resnet34", "resnet50")
 
 
 def read_hub_config(path: Path, arch: str | None) -> ModelInfo:
     """A Hugging Face style folder (``config.json`` + ``model.safetensors``, as timm publishes models): the
-    architecture (``timm:`` + ``architecture``, unless ``arch`` is given), the class count, and from
-    ``pretrained_cfg`` the input size and the normalisation. Every value is checked; nothing is imported."""
+    architecture (unless ``arch`` is given: nad's own for :data:`NATIVE_TIMM_ARCHS`, else ``timm:`` +
+    ``architecture``), the class count, and from ``pretrained_cfg`` the input size and the normalisation.
+    Every value is checked; nothing is imported."""
     where = str(path)
     obj = read_small_json(path, "model configuration")
     if not isinstance(obj, dict):
@@ -340,7 +344,8 @@ def read_hub_config(path: Path, arch: str | None) -> ModelInfo:
             raise NadError(
                 f"{where}: no timm 'architecture' name (got {name!r:.60}); say which architecture it is with --arch"
             )
-        arch = f"timm:{name}"
+        base = name.partition(".")[0]  # timm's NAME.PRETRAINED_TAG names weights, not another architecture
+        arch = base if base in NATIVE_TIMM_ARCHS else f"timm:{name}"
     num_classes = checked_int(obj.get("num_classes"), f"{where}: 'num_classes'", 1, MAX_CLASSES)
     cfg = obj.get("pretrained_cfg")
     cfg = {} if cfg is None else cfg

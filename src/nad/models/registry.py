@@ -72,9 +72,10 @@ def _library_builder(arch: str) -> Callable[..., nn.Module]:
     try:
         module = importlib.import_module("timm" if library == "timm" else "torchvision.models")
     except Exception as exc:  # not installed, or built for another torch: both end here
+        same = f"; nad's own --arch {name} has the same layout and needs neither" if name in MODELS else ""
         raise NadError(
             f"--arch {arch}: needs the {library} package (pip install 'nad[{library}]'), which cannot be imported "
-            f"here ({type(exc).__name__}: {str(exc)[:120]})"
+            f"here ({type(exc).__name__}: {str(exc)[:120]}){same}"
         ) from None
     known = module.list_models()
     if name not in known and name.partition(".")[0] not in known:  # timm also takes NAME.PRETRAINED_TAG
