@@ -42,10 +42,12 @@ Precision = Literal["fp32", "bf16"]
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD with a per-epoch learning-rate schedule.
+    """An optimiser (SGD by default) with a per-epoch learning-rate schedule.
 
     ``step``: ``lr`` times ``gamma`` for every milestone epoch reached (NAD's reference: 0.1, then 0.01
-    from epoch 2). ``cosine``: cosine decay from ``lr`` to 0 over the run, updated every step.
+    from epoch 2; no milestones: a constant rate). ``cosine``: cosine decay from ``lr`` to 0 over the run,
+    updated every step. ``kind`` ``adam`` is Adam with betas (0.9, 0.999), ``amsgrad`` as given, and
+    ``weight_decay`` as L2 (``momentum`` and ``nesterov`` do not apply).
     """
 
     lr: float = 0.1
@@ -55,6 +57,9 @@ class OptimConfig:
     schedule: Literal["step", "cosine"] = "step"
     milestones: tuple[int, ...] = (2,)
     gamma: float = 0.1
+    # Enter a configuration's hash only when changed, so the hashes of SGD runs stay as they were.
+    kind: Literal["sgd", "adam"] = field(default="sgd", metadata={"hash": "when-changed"})
+    amsgrad: bool = field(default=False, metadata={"hash": "when-changed"})
 
     def __post_init__(self) -> None:
         checks = {
@@ -64,12 +69,13 @@ class OptimConfig:
             "gamma": finite(self.gamma) and self.gamma > 0,
             "milestones": all(isinstance(m, int) and m >= 0 for m in self.milestones),
         }
+        checks["kind"] = self.kind in ("sgd", "adam")
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             k = bad[0]
             raise NadError(
                 f"optimiser {k} = {getattr(self, k)!r} is out of range (lr >= 0, 0 <= momentum < 1, "
-                "weight_decay >= 0, gamma > 0, milestones non-negative integers)"
+                "weight_decay >= 0, gamma > 0, milestones non-negative integers, kind sgd or adam)"
             )
 
     def lr_at(self, epoch: float, total_epochs: int) -> float:
@@ -213,6 +219,23 @@ def global_batch_size(batch_size: int) -> int:
     return batch_size // world * world
 
 
+def optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.kind == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+#: Runs between ``backward`` and the optimiser step with the batch's normalised inputs and labels (SAM's second
+#: gradient, taken at perturbed weights, replaces the first there).
+BeforeStep = Callable[[Tensor, Tensor], None]
+
+
 def train(
     clf: Classifier,
     data: ImageData | StreamData,
@@ -223,10 +246,14 @@ def train(
     on_epoch: EpochCallback | None = None,
     state_path: Path | None = None,
     after_step: Callable[[], None] | None = None,
+    before_step: BeforeStep | None = None,
+    train_mode: bool = True,
 ) -> History:
     """Train ``clf.module`` in place on ``data`` (which must be on the module's device).
 
-    ``after_step`` runs after every optimiser step (a projection of the weights, as FST keeps its head's norm).
+    ``after_step`` runs after every optimiser step (a projection of the weights, as FST keeps its head's norm);
+    ``before_step`` between the backward pass and the step. ``train_mode=False`` keeps the module in eval mode
+    while it trains (BatchNorm normalises with, and keeps, its running statistics), as SAU's official code does.
 
     With ``state_path``, the full training state (weights, optimiser, random generators, history) is saved
     there atomically after every epoch (by rank 0), and a run that finds the file resumes after its last epoch.
@@ -235,14 +262,7 @@ def train(
     device = data.device
     memory_format = layout(cfg)
     module.to(memory_format=memory_format)  # before the optimiser, so that its buffers take the same layout
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(
-        params,
-        lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum,
-        nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
-        weight_decay=cfg.optim.weight_decay,
-    )
+    opt = optimizer([p for p in module.parameters() if p.requires_grad], cfg.optim)
     # Both generators are seeded alike on every rank and stay in step: the shuffle is shared, and
     # augmentation draws for the whole global batch (``share``), so each image's crop and flip do not
     # depend on the number of processes.
@@ -264,7 +284,7 @@ def train(
     )
     model = distributed.wrap(module, device)  # DDP for several processes, for this loop only
     for epoch in range(first, cfg.epochs):
-        module.train()
+        module.train(train_mode)
         last_good = copy.deepcopy(module.state_dict())
         sums: dict[str, Tensor] = {}
         count = 0
@@ -279,6 +299,8 @@ def train(
             loss = sum(terms.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[union-attr]
+            if before_step is not None:
+                before_step(inputs, y)
             opt.step()
             if after_step is not None:
                 after_step()

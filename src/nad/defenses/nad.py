@@ -13,6 +13,11 @@ weight decay 1e-4, lr 0.1 for epochs 0-1 then 0.01, random crop (padding 4), hor
 Cutout hole of length 3. For WRN-16-1 the layers are ``block1``, ``block2``, ``block3`` with betas 500, 1000,
 1000. Layers are named by qualified module name and captured with forward hooks, so any ``nn.Module``
 works; without names, the architecture's registered layers are used, else ``attention.auto_layers`` picks.
+
+Extension (not in the paper): ``teacher`` names where the teacher comes from. The paper's is a plain
+fine-tune, which on models trained with augmentation keeps much of the backdoor, and a student distilled
+towards it can be no cleaner; ``nad:teacher=fst`` (or ``sau``, ``ft_sam``, ``anp``, ``ibau``) distils the
+attention of a model another defense purified instead. ``teacher_epochs`` applies to the fine-tuned teacher only.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ from torch.nn import functional as F
 from nad.attention import FeatureHooks, Reduce, attention_loss, auto_layers, check_layers
 from nad.data.dataset import ImageData
 from nad.defenses.base import Defense, FineTunedStart, Monitor, Repair, epoch_hook
-from nad.defenses.registry import register_defense
+from nad.defenses.registry import DEFENSES, defense_class, register_defense
 from nad.errors import NadError
 from nad.models.checkpoint import Classifier
 from nad.models.registry import MODELS
+from nad.spec import split_spec
 from nad.training import TrainConfig, freeze, layout, train
 
 
@@ -46,6 +52,10 @@ class NADConfig:
     betas: tuple[float, ...] = ()
     p: float = 2.0
     reduce: Reduce = "sum"
+    # Where the teacher comes from: "finetune" (the paper: ``teacher_epochs`` of ``train``'s schedule), or
+    # another defense's spec ("fst", "sau", "ft_sam", "anp", "ibau", "fst:alpha=0.2"), run with its own
+    # defaults and this run's seed, precision and layout. Hashed only when changed, so earlier keys stay.
+    teacher: str = field(default="finetune", metadata={"hash": "when-changed"})
 
     def __post_init__(self) -> None:
         if self.betas and self.layers and len(self.betas) != len(self.layers):
@@ -56,6 +66,9 @@ class NADConfig:
             raise NadError(f"NAD: the attention power p must be finite and > 0, got {self.p}")
         if self.teacher_epochs < 0:
             raise NadError(f"NAD: teacher_epochs must be >= 0, got {self.teacher_epochs}")
+        teacher = split_spec(self.teacher)[0] if isinstance(self.teacher, str) and self.teacher.strip() else ""
+        if teacher not in DEFENSES or teacher == "nad":
+            raise NadError(f"NAD: teacher must be finetune or another defense's spec, got {self.teacher!r}")
 
 
 def default_betas(count: int) -> tuple[float, ...]:
@@ -121,8 +134,31 @@ class NAD(Defense):
     name = "nad"
     Config = NADConfig
 
-    def fine_tuned_start(self) -> FineTunedStart:
+    def fine_tuned_start(self) -> FineTunedStart | None:
+        if self.config.teacher != "finetune":
+            return None  # the teacher is another defense's model, not a plain fine-tune
         return FineTunedStart(self.config.train, self.config.teacher_epochs, "teacher")
+
+    def make_teacher(self, model: Classifier, clean: ImageData, quiet: bool, monitor: Monitor | None) -> Repair:
+        """The teacher as configured: ``model`` fine-tuned (the paper), or purified by another defense."""
+        cfg: NADConfig = self.config
+        if cfg.teacher == "finetune":
+            teacher = model.clone()
+            hook = epoch_hook(monitor, "teacher", teacher)
+            teacher_cfg = replace(cfg.train, epochs=cfg.teacher_epochs)
+            history = train(teacher, clean, teacher_cfg, desc="NAD teacher", quiet=quiet, on_epoch=hook).epochs
+            return Repair(teacher, {"history": history})
+        from nad.defenses.settings import RunSettings, defense_config, schedules  # settings builds on this layer
+
+        name = split_spec(cfg.teacher)[0]
+        own_schedules = bool(schedules(defense_class(name).Config()))
+        settings = RunSettings(
+            seed=cfg.train.seed,
+            precision=cfg.train.precision if own_schedules else None,
+            channels_last=cfg.train.channels_last if own_schedules else None,
+        )
+        name, teacher_cfg = defense_config(cfg.teacher, settings)
+        return defense_class(name)(teacher_cfg).repair(model, clean, quiet=quiet, monitor=monitor)
 
     def check(self, model: Classifier, clean: ImageData) -> None:
         resolve_layers(model, model.preprocess(clean.x[:2]), self.config)
@@ -143,12 +179,10 @@ class NAD(Defense):
         start = time.perf_counter()
         teacher = fine_tuned
         if teacher is None:
-            teacher = model.clone()
-            teacher_cfg = replace(cfg.train, epochs=cfg.teacher_epochs)
-            hook = epoch_hook(monitor, "teacher", teacher)
-            log["teacher_history"] = train(
-                teacher, clean, teacher_cfg, desc="NAD teacher", quiet=quiet, on_epoch=hook
-            ).epochs
+            made = self.make_teacher(model, clean, quiet, monitor)
+            teacher = made.model
+            log["teacher"] = cfg.teacher
+            log["teacher_history"] = made.log.get("history", [])
         log["seconds"]["teacher"] = time.perf_counter() - start
         freeze(teacher.module)
         teacher.module.to(memory_format=layout(cfg.train))  # a given teacher runs as fast as the student
