@@ -1,0 +1,121 @@
+"""A defense's repair on WRN-16-1, timed against the floor of the model passes it must make.
+
+    python -m benchmarks.defense_floor NAME [--epochs E] [--device cpu|cuda] [--precision fp32|bf16]
+
+NAME is ``fst``, ``ft_sam`` or ``sau``, run with its defaults on 2,500 CIFAR-sized uint8 images (5% of
+CIFAR-10; random pixels, as the cost does not depend on them) and a fresh WRN-16-1, except ``--epochs``
+(SAU's rounds), which keeps a CPU run short: the floor scales with it, so the ratio does not. The floor
+counts the passes at the bare rates of the same process, at the defense's own batch size:
+
+- ``fst``: one training step per image and epoch;
+- ``ft_sam``: two (SAM's second forward and backward, at the perturbed weights);
+- ``sau``: per image and round, ``steps`` PGD steps that each run both models forward and backward to the
+  input (measured as such: eval mode, gradient for the input only), one forward pass of each model on the
+  clean images, one training step on the clean image and one on its perturbed copy, and two forward passes
+  of the frozen reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import torch
+from torch.nn import functional as F
+
+from benchmarks.common import report, timed
+from nad.data.dataset import ImageData
+from nad.defenses import DEFENSES
+from nad.defenses.settings import RunSettings, defense_config
+from nad.models import ModelInfo, build_classifier, parse_normalize
+
+IMAGES = 2500
+
+
+def bare_rates(device: torch.device, batch: int, precision: str, steps: int = 10) -> dict[str, float]:
+    """Images per second of WRN-16-1's bare training step, forward pass, and input-gradient pass (eval mode)."""
+    torch.manual_seed(0)
+    model = build_classifier(ModelInfo("wrn16_1", 10, (3, 32, 32))).module.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def cast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+    def train_step() -> None:
+        model.train()
+        with cast():
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def input_grad() -> None:
+        model.eval()
+        inputs = x.clone().requires_grad_(True)
+        with cast():
+            loss = F.cross_entropy(model(inputs), y)
+        torch.autograd.grad(loss, inputs)
+
+    @torch.no_grad()
+    def forward() -> None:
+        model.eval()
+        with cast():
+            model(x)
+
+    rates = {}
+    for name, fn in (("train", train_step), ("input_grad", input_grad), ("forward", forward)):
+        timed(lambda fn=fn: [fn() for _ in range(3)], device)  # warm-up
+        rates[name] = batch * steps / timed(lambda fn=fn: [fn() for _ in range(steps)], device)
+    return rates
+
+
+def floor_seconds(name: str, config: object, rates: dict[str, float]) -> float:
+    epochs = config.train.epochs  # type: ignore[attr-defined]
+    images = IMAGES * epochs
+    if name == "fst":
+        return images / rates["train"]
+    if name == "ft_sam":
+        return 2 * images / rates["train"]
+    steps = config.steps  # type: ignore[attr-defined]
+    per_image = 2 * steps / rates["input_grad"] + 2 / rates["forward"] + 2 / rates["train"] + 2 / rates["forward"]
+    return images * per_image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=["fst", "ft_sam", "sau"])
+    parser.add_argument("--epochs", type=int, help="epochs (SAU: rounds); default: the defense's own")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    _, config = defense_config(args.name, RunSettings(seed=0, precision=args.precision, epochs=args.epochs))
+    rates = bare_rates(device, config.train.batch_size, args.precision)
+    floor = floor_seconds(args.name, config, rates)
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (IMAGES, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    clean = ImageData(x, torch.arange(IMAGES) % 10, 10, "random").to(device)
+    info = ModelInfo("wrn16_1", 10, (3, 32, 32), normalize=parse_normalize("cifar10"))
+    model = build_classifier(info)
+    model.module.to(device)
+    start = time.perf_counter()
+    DEFENSES[args.name](config).repair(model, clean, quiet=True)
+    seconds = time.perf_counter() - start
+    figures = {
+        "config": vars(args),
+        "epochs": config.train.epochs,
+        "batch_size": config.train.batch_size,
+        "rates_img_s": {k: round(v, 1) for k, v in rates.items()},
+        "seconds": round(seconds, 1),
+        "floor_s": round(floor, 1),
+        "ratio": round(seconds / floor, 2),
+    }
+    report(f"defense-floor-{args.name}-{device.type}-{args.precision}", figures)
+
+
+if __name__ == "__main__":
+    main()
