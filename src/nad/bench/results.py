@@ -41,6 +41,9 @@ PRETTY = {
     "nad": "NAD",
     "anp": "ANP",
     "ibau": "I-BAU",
+    "fst": "FST",
+    "sau": "SAU",
+    "ft_sam": "FT-SAM",
 }
 
 
