@@ -88,8 +88,8 @@ def timm_resnet_folder(tmp_path, name: str = "resnet18.a1_in1k"):
 
 def test_a_timm_resnet_folder_is_purified_through_the_cli_without_timm(tmp_path, capsys):
     argv = ["erase", str(timm_resnet_folder(tmp_path)), "--clean", "digits", "--epochs", "1", "--teacher-epochs", "1"]
-    # at 16x16 the ImageNet stem leaves layer3 and layer4 1x1: distil the two layers that still have a map
-    argv += ["--layers", "layer1,layer2", "--betas", "500,1000", "--no-scan", "--out", str(tmp_path / "out")]
+    # at 16x16 the ImageNet stem leaves layer3 and layer4 1x1, so the registered layers give way to automatic ones
+    argv += ["--no-scan", "--out", str(tmp_path / "out")]
     assert main(argv) == 0
     out, err = capsys.readouterr()
     assert "clean set: 70 of the 1438 images" in out and "clean accuracy:" in out
@@ -97,7 +97,7 @@ def test_a_timm_resnet_folder_is_purified_through_the_cli_without_timm(tmp_path,
     clf = load_model(tmp_path / "out")
     assert clf.info.arch == "resnet18" and clf.info.input_size == (1, 16, 16) and clf.info.normalize.mean == (0.5,)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert results["config"]["layers"] == ["layer1", "layer2"]
+    assert results["log"]["layers"] == ["conv1", "layer1", "layer2"]
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])

@@ -77,9 +77,11 @@ def default_betas(count: int) -> tuple[float, ...]:
 
 
 def resolve_layers(clf: Classifier, sample: Tensor, cfg: NADConfig) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """The layers and betas to use: as configured, else the architecture's registered ones, else automatic."""
+    """The layers and betas to use: as configured, else the architecture's registered ones (unless the input is
+    too small for them: an ImageNet ResNet's ``layer4`` is 1x1 on 32x32 images), else automatic."""
     entry = MODELS.get(clf.info.arch)
-    layers = cfg.layers or (entry.nad_layers if entry else ()) or tuple(auto_layers(clf.module, sample))
+    registered = entry.nad_layers if entry and not cfg.layers and fits(clf.module, sample, entry.nad_layers) else ()
+    layers = cfg.layers or registered or tuple(auto_layers(clf.module, sample))
     betas = cfg.betas
     if not betas:
         betas = entry.nad_betas if entry and layers == entry.nad_layers else default_betas(len(layers))
@@ -87,6 +89,15 @@ def resolve_layers(clf: Classifier, sample: Tensor, cfg: NADConfig) -> tuple[tup
         raise NadError(f"NAD: {len(layers)} layers ({', '.join(layers)}) but {len(betas)} betas")
     check_layers(clf.module, sample, layers)
     return layers, betas
+
+
+def fits(module: nn.Module, sample: Tensor, layers: tuple[str, ...]) -> bool:
+    """Whether every one of ``layers`` gives an attention map on inputs like ``sample``."""
+    try:
+        check_layers(module, sample, layers)
+    except NadError:
+        return False
+    return True
 
 
 class AttentionDistillationLoss:
