@@ -138,7 +138,8 @@ def erase_verdict(summary: dict[str, Any], num_classes: int) -> list[str]:
         if drop > ACC_DROP_WARNING:
             lines.append(
                 f"WARNING: {name} lost {drop:.1f} points of clean accuracy ({before['acc']:.2f} -> "
-                f"{after['acc']:.2f}); the purified model is damaged: try fewer epochs, smaller betas, or more "
+                f"{after['acc']:.2f}); the purified model is damaged: try fewer epochs, "
+                f"{'smaller betas, ' if name.startswith('nad') else ''}or more "
                 "clean data (--clean-ratio)"
             )
         if after["acc"] < 1.5 * chance:
