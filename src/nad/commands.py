@@ -31,11 +31,12 @@ from nad.training import NonFiniteLoss, TrainConfig, load_profile
 
 
 def print_scores(rows: dict[str, Scores | None]) -> None:
-    print(f"{'':12s} {'ACC %':>7s} {'ASR %':>7s}")
+    width = max(12, *(len(name) for name in rows))
+    print(f"{'':{width}s} {'ACC %':>7s} {'ASR %':>7s}")
     for name, s in rows.items():
         if s is not None:
             asr = "-" if s.asr is None else f"{s.asr:7.2f}"
-            print(f"{name:12s} {s.acc:7.2f} {asr:>7s}")
+            print(f"{name:{width}s} {s.acc:7.2f} {asr:>7s}")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -344,7 +345,7 @@ def run_erase(args: argparse.Namespace) -> int:
         print("no test data (give --test): scores were not measured")
     elif held_out:
         print(f"scored on {len(test)} clean images held out of the defense's set (give --test for a test set)")
-    rows = {"before": result.before, defense.name: result.after}
+    rows = {"before": result.before, summary["config"]["defense"]: result.after}  # as the verdict names it
     if defense.name != "finetune":
         rows["finetune"] = result.finetune
     print_scores(rows)
