@@ -87,7 +87,8 @@ def resolve_layers(clf: Classifier, sample: Tensor, cfg: NADConfig) -> tuple[tup
         betas = entry.nad_betas if entry and layers == entry.nad_layers else default_betas(len(layers))
     if len(betas) != len(layers):
         raise NadError(f"NAD: {len(layers)} layers ({', '.join(layers)}) but {len(betas)} betas")
-    check_layers(clf.module, sample, layers)
+    if cfg.layers:  # registered layers were checked by ``fits``; automatic ones are maps above 1x1 by construction
+        check_layers(clf.module, sample, layers)
     return layers, betas
 
 
