@@ -89,7 +89,8 @@ class ScanConfig:
 @dataclass
 class ScanResult:
     """Per class: the inverted trigger's mask norm and the UAP success rate (%), their anomaly indices, and
-    which classes are flagged. ``masks``/``patterns`` hold the inverted triggers (for pictures)."""
+    which classes are flagged. ``masks``/``patterns`` hold the inverted triggers (for pictures and for the
+    ``nc`` defense's unlearning), ``perturbations`` the universal perturbations (K, C, H, W), in [0, 1] pixels."""
 
     norms: list[float]
     reached: list[bool]
@@ -101,6 +102,7 @@ class ScanResult:
     seconds: float = 0.0
     masks: Tensor | None = field(default=None, repr=False)
     patterns: Tensor | None = field(default=None, repr=False)
+    perturbations: Tensor | None = field(default=None, repr=False)
 
     @property
     def verdict(self) -> str:
@@ -109,7 +111,9 @@ class ScanResult:
         return "backdoor suspected: class " + ", ".join(map(str, self.flagged))
 
     def to_json(self) -> dict:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("masks", "patterns")}
+        data = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("masks", "patterns", "perturbations")
+        }
         data["verdict"] = self.verdict
         return data
 
@@ -178,7 +182,7 @@ def scan(clf: Classifier, clean: ImageData, cfg: ScanConfig = ScanConfig(), quie
     try:
         gen = torch.Generator().manual_seed(cfg.seed)
         norms, reached, masks, patterns = invert_triggers(clf, clean, cfg, gen, quiet)
-        success = universal_success(clf, clean, cfg, gen, quiet)
+        success, perturbations = universal_success(clf, clean, cfg, gen, quiet)
     finally:
         for p, g in zip(module.parameters(), grads):
             p.requires_grad_(g)
@@ -190,7 +194,17 @@ def scan(clf: Classifier, clean: ImageData, cfg: ScanConfig = ScanConfig(), quie
     uap = anomaly_index([logit(s / 100) for s in success], low=False, floor=UAP_FLOOR)
     flagged = [k for k in range(classes) if nc[k] > cfg.threshold or uap[k] > cfg.threshold]
     return ScanResult(
-        norms, reached, success, nc, uap, flagged, cfg.threshold, time.perf_counter() - start, masks, patterns
+        norms,
+        reached,
+        success,
+        nc,
+        uap,
+        flagged,
+        cfg.threshold,
+        time.perf_counter() - start,
+        masks,
+        patterns,
+        perturbations,
     )
 
 
@@ -261,9 +275,9 @@ def invert_triggers(
 
 def universal_success(
     clf: Classifier, clean: ImageData, cfg: ScanConfig, gen: torch.Generator, quiet: bool
-) -> list[float]:
+) -> tuple[list[float], Tensor]:
     """Per class t: the success rate (%) of one L-inf ``eps`` perturbation, found by signed-gradient steps
-    on random clean images, at sending held-out clean images of other classes to t."""
+    on random clean images, at sending held-out clean images of other classes to t; and the perturbations."""
     k = clf.info.num_classes
     device = clean.device
     delta = torch.zeros(k, *clean.image_shape, device=device, requires_grad=True)
@@ -286,7 +300,7 @@ def universal_success(
                 continue
             preds = forward(clf, (x + delta[t]).clamp(0, 1), cfg).argmax(1)
             rates.append(100.0 * float((preds == t).float().mean()))
-    return rates
+    return rates, delta.detach().cpu()
 
 
 def format_table(result: ScanResult) -> str:

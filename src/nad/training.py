@@ -155,6 +155,17 @@ def sgd_cosine(epochs: int, lr: float = 0.01, batch_size: int = 128) -> TrainCon
     )
 
 
+def backdoorbench_tuning(epochs: int = 100) -> TrainConfig:
+    """BackdoorBench's CIFAR-10 defense fine-tuning (``config/defense/{ft-sam,nc}/cifar10.yaml`` with its
+    optimiser defaults): SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, cosine, crop and flip."""
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=256,
+        optim=OptimConfig(lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="cosine"),
+        augment=Augment(crop_padding=4, flip=True, cutout_holes=0),
+    )
+
+
 @dataclass
 class History:
     """Per-epoch means of each loss term, plus whatever the epoch callback recorded."""

@@ -1,6 +1,6 @@
 """Backdoor defenses behind one interface: ``DEFENSES[name](config).repair(model, clean)``."""
 
-from nad.defenses import anp, fine_pruning, finetune, fst, ft_sam, ibau, mcr, nad, sau  # noqa: F401  (register the defenses)
+from nad.defenses import anp, fine_pruning, finetune, fst, ft_sam, ibau, mcr, nad, nc, sau  # noqa: F401  (register the defenses)
 from nad.defenses.anp import ANP, ANPConfig
 from nad.defenses.base import Defense, Repair
 from nad.defenses.fine_pruning import FinePruning, FinePruningConfig
@@ -10,6 +10,7 @@ from nad.defenses.ft_sam import FTSAM, FTSAMConfig
 from nad.defenses.ibau import IBAU, IBAUConfig
 from nad.defenses.mcr import MCR, MCRConfig
 from nad.defenses.nad import NAD, NADConfig
+from nad.defenses.nc import NCConfig, NeuralCleanse
 from nad.defenses.registry import DEFENSES, defense_class, register_defense
 from nad.defenses.sau import SAU, SAUConfig
 
@@ -32,6 +33,8 @@ __all__ = [
     "IBAUConfig",
     "MCRConfig",
     "NADConfig",
+    "NCConfig",
+    "NeuralCleanse",
     "Repair",
     "SAUConfig",
     "defense_class",

@@ -37,24 +37,14 @@ from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from nad import distributed
-from nad.data.augment import Augment
 from nad.data.dataset import ImageData
 from nad.defenses.base import Defense, Monitor, Repair, epoch_hook
 from nad.defenses.registry import register_defense
 from nad.errors import NadError
 from nad.models.checkpoint import Classifier
-from nad.training import OptimConfig, Precision, TrainConfig, autocast, train
+from nad.training import Precision, TrainConfig, autocast, backdoorbench_tuning, train
 
 LossOnLogits = Callable[[Tensor, Tensor], Tensor]
-
-
-def ft_sam_schedule() -> TrainConfig:
-    return TrainConfig(
-        epochs=100,
-        batch_size=256,
-        optim=OptimConfig(lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="cosine"),
-        augment=Augment(crop_padding=4, flip=True, cutout_holes=0),
-    )
 
 
 @dataclass(frozen=True)
@@ -64,7 +54,7 @@ class FTSAMConfig:
     rho: float = 2.0
     adaptive: bool = True
     label_smoothing: float = 0.1
-    train: TrainConfig = field(default_factory=ft_sam_schedule)
+    train: TrainConfig = field(default_factory=backdoorbench_tuning)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rho) and self.rho >= 0):
