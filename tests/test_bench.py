@@ -20,7 +20,7 @@ from PIL import Image
 
 from nad.bench import BenchConfig, Shard, expand, load_bench, run_bench
 from nad.bench.config import Study
-from nad.bench.grid import study_cells
+from nad.bench.grid import CellFilter, study_cells
 from nad.bench.render import NONTARGET_CAPTION, markdown, report_html
 from nad.bench.results import RESULTS, read_rows, study_table
 from nad.bench.run import clock
@@ -117,6 +117,28 @@ def test_shard_parse():
     for bad in ("0/4", "5/4", "x/2", "3", "1/0"):
         with pytest.raises(NadError, match="--shard"):
             Shard.parse(bad)
+
+
+def test_only_selects_cells_by_study_attack_defense_and_seed(tmp_path):
+    cfg = digits_config(tmp_path, defenses=("none", "finetune", "nad"), clean_ratios=(0.05, 0.1), seeds=(0, 1, 2))
+    cells = expand(cfg)
+    nad_seed_1 = CellFilter.parse(["defense=nad", "seed=1"]).select(cells)
+    assert len(nad_seed_1) == 2 and {(c.defense, c.seed) for c in nad_seed_1} == {("nad", 1)}
+    assert len(CellFilter.parse(["defense=nad,finetune", "clean_ratio=0.1"]).select(cells)) == 2 * 3
+    assert CellFilter.parse(None).select(cells) == cells
+    for bad in (["defense"], ["colour=red"], ["seed="]):
+        with pytest.raises(NadError, match="--only"):
+            CellFilter.parse(bad)
+    with pytest.raises(NadError, match="no cell"):
+        CellFilter.parse(["defense=anp"]).select(cells)
+
+
+def test_only_runs_the_matching_cells_and_reports_them_all(bench_run, tmp_path):
+    cfg, _, _ = bench_run
+    out = copy_run(bench_run, tmp_path, results=False)
+    outcome = run_bench(cfg, out, quiet=True, only=CellFilter.parse(["defense=none"]))
+    assert outcome.cells == 2 and len(outcome.ran) == 2  # the two seeds' "Before" cells, nothing else
+    assert len(lines_of(out / "results.jsonl")) == 2
 
 
 # -- running, caching, resuming ---------------------------------------------------------------------

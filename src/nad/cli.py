@@ -214,6 +214,13 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", help="test data (default: the test split of --data)")
     p.add_argument("--quick", action="store_true", help="the preset's quick variant: fewer epochs, less data")
     p.add_argument("--shard", help="I/N: run only the I-th of N parts of the grid (1 <= I <= N), e.g. for job arrays")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="KEY=VALUES",
+        help="run only the cells whose study, attack, defense, seed or clean_ratio is one of VALUES "
+        "(comma-separated); repeat for several keys, e.g. --only defense=nc --only attack=badnets,blend",
+    )
     p.add_argument("--seeds", help="comma-separated seeds (replaces the preset's)")
     p.add_argument("--arch", help="architecture (replaces the preset's); the only way to bench a file.py:Class")
     p.add_argument(

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from nad.bench.config import load_bench
-from nad.bench.grid import Shard
+from nad.bench.grid import CellFilter, Shard
 from nad.bench.run import run_bench
 from nad.errors import NadError
 from nad.io import check_out_dir
@@ -25,15 +25,16 @@ def run(args: argparse.Namespace) -> int:
     from nad.device import resolve_device
 
     cfg = load_bench(args.config, args.quick, args.data, args.test, parse_seeds(args.seeds), args.arch)
-    shard = Shard.parse(args.shard)
+    shard, only = Shard.parse(args.shard), CellFilter.parse(args.only)
     out = check_out_dir(args.out, args.overwrite, resumable="bench.json")  # a bench folder is resumed
     device = resolve_device(args.device, args.deterministic)
     zoo = Path(args.zoo) if args.zoo else (Path("zoo") if Path("zoo").is_dir() else None)
-    outcome = run_bench(cfg, out, shard, args.quiet, device, report_only=args.report_only, zoo=zoo)
+    outcome = run_bench(cfg, out, shard, args.quiet, device, report_only=args.report_only, zoo=zoo, only=only)
     if args.report_only:
         print(f"{outcome.skipped} of {outcome.cells} cells finished; wrote " + ", ".join(map(str, outcome.files)))
         return 0
     part = f" (shard {shard.index}/{shard.count})" if shard.count > 1 else ""
+    part += " matching --only" if only.wanted else ""
     print(
         f"{len(outcome.ran)} cells run, {outcome.skipped} already done, of {outcome.cells}{part}; "
         f"{outcome.trained} models trained; {outcome.seconds:.0f} s"

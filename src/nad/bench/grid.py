@@ -135,6 +135,37 @@ class Shard:
         return "" if self.count == 1 else f"{self.index}-of-{self.count}"
 
 
+@dataclass(frozen=True)
+class CellFilter:
+    """``--only KEY=VALUE[,VALUE...]`` (repeatable): the cells whose ``study``, ``attack``, ``defense`` (as
+    listed), ``seed`` or ``clean_ratio`` is one of the values, for every key given."""
+
+    wanted: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    KEYS = ("study", "attack", "defense", "seed", "clean_ratio")
+
+    @classmethod
+    def parse(cls, texts: list[str] | None) -> CellFilter:
+        wanted = []
+        for text in texts or []:
+            key, sep, values = text.partition("=")
+            key = key.strip()
+            if not sep or key not in cls.KEYS or not values.strip():
+                raise NadError(f"--only {text!r}: expected KEY=VALUE[,VALUE...] with KEY one of {', '.join(cls.KEYS)}")
+            wanted.append((key, frozenset(v.strip() for v in values.split(",") if v.strip())))
+        return cls(tuple(wanted))
+
+    def matches(self, cell: Cell) -> bool:
+        return all(str(getattr(cell, key)) in values for key, values in self.wanted)
+
+    def select(self, cells: list[Cell]) -> list[Cell]:
+        chosen = [c for c in cells if self.matches(c)]
+        if self.wanted and not chosen:
+            given = "; ".join(f"{k}={','.join(sorted(v))}" for k, v in self.wanted)
+            raise NadError(f"--only {given}: no cell of this bench matches")
+        return chosen
+
+
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """YAML parameters as spec strings: nested mappings become dotted keys, lists ``a;b`` (spec syntax)."""
     out: dict[str, str] = {}

@@ -44,6 +44,7 @@ PRETTY = {
     "fst": "FST",
     "sau": "SAU",
     "ft_sam": "FT-SAM",
+    "nc": "NC",
 }
 
 

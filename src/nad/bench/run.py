@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from nad.api import select_clean
 from nad.bench.cache import CachedModel, ModelCache
 from nad.bench.config import BenchConfig
-from nad.bench.grid import Cell, Shard, expand, resolve_attack, study_cells
+from nad.bench.grid import Cell, CellFilter, Shard, expand, resolve_attack, study_cells
 from nad.bench.render import write_outputs
 from nad.bench.results import ResultStore, attack_labels, defense_label, read_rows, study_table
 from nad.data import ImageData, load_data, stratified_split
@@ -259,16 +259,18 @@ def run_bench(
     device: torch.device | str = "cpu",
     report_only: bool = False,
     zoo: Path | None = None,
+    only: CellFilter | None = None,
 ) -> Outcome:
     """Run this shard's unfinished cells of ``cfg`` into ``out``, rendering the tables after each one.
 
     With ``report_only``, run nothing: render what has finished (e.g. while another process runs the grid).
     ``zoo``: a folder of trained models (``nad train`` outputs) that fills the model cache where one matches.
+    ``only``: run just the cells it matches (the shard is then taken of those); the tables still show them all.
     """
     start = time.perf_counter()
     shard = shard or Shard()
     cells = expand(cfg)
-    mine = shard.select(cells)
+    mine = shard.select((only or CellFilter()).select(cells))
     if report_only:
         if not (out / "bench.json").is_file():
             raise NadError(f"--out {out}: no bench has run there yet, so there is nothing to report")
