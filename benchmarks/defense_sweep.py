@@ -7,7 +7,8 @@ images, ``--seed``); a stratified ``--val`` share of D (default 20%) is then hel
 tuned on the rest. The validation accuracy (and, with ``--scan``, the backdoor scan's evidence on the
 validation images) is what a user without the trigger can see, so it is the only thing a setting may be
 *chosen* by; the test ACC/ASR beside it are reported, never used for choosing. Each finished setting is
-cached in ``results/defense-sweep-MODEL-sSEED.json``, so an interrupted sweep resumes.
+cached in ``results/defense-sweep-MODEL-sSEED.json``, so an interrupted sweep resumes; the whole sweep is
+printed at the end as a Markdown table (``--table-only``: just print it).
 """
 
 from __future__ import annotations
@@ -36,6 +37,22 @@ def scores(model: Any, val: Any, test: Any, attack: Any, with_scan: bool, seed: 
     return row
 
 
+def markdown(rows: dict[str, Any]) -> str:
+    """The sweep as a Markdown table: what may choose (validation ACC, scan) beside what may not (test)."""
+    lines = [
+        "| defense (spec) | validation ACC % | test ACC % | ASR % | RA % | scan on validation images | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for spec, row in rows.items():
+        verdict = row["scan"]["verdict"] if "scan" in row else "–"
+        seconds = f"{row['seconds']:.0f}" if "seconds" in row else "–"
+        lines.append(
+            f"| `{spec}` | {row['val_acc']:.2f} | {row['acc']:.2f} | {row['asr']:.2f} | {row['ra']:.2f} | {verdict} "
+            f"| {seconds} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path, help="a zoo folder")
@@ -46,7 +63,13 @@ def main() -> None:
     parser.add_argument("--val", type=float, default=0.2, help="share of the clean set held out for choosing")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--scan", action="store_true", help="also scan each result on the validation images")
+    parser.add_argument("--table-only", action="store_true", help="print the cached results; run nothing")
     args = parser.parse_args()
+    if args.table_only:
+        print(
+            markdown(json.loads((RESULTS / f"defense-sweep-{args.model.name}-s{args.seed}.json").read_text())["rows"])
+        )
+        return
     model = load_model(args.model / "model.safetensors")
     pool, test = load_data(args.data, "train"), load_data(args.data, "test")
     attack = model_attack(None, model, str(args.model / "model.safetensors"), pool)
@@ -75,6 +98,7 @@ def main() -> None:
         print(spec, rows[spec], flush=True)
         RESULTS.mkdir(exist_ok=True)
         path.write_text(json.dumps(done, indent=1, default=str) + "\n")
+    print(markdown(rows))
 
 
 if __name__ == "__main__":
