@@ -44,8 +44,17 @@ def test_the_verdict_compares_with_finetuning_and_warns_on_damage():
     summary["after"] = scores(12, 0)
     warnings = [line for line in erase_verdict(summary, 10) if line.startswith("WARNING")]
     assert len(warnings) == 2 and "lost 78.0 points" in warnings[0] and "near chance" in warnings[1]
-    summary["scan"] = {"verdict": "backdoor evidence remains: class 0 still stands out after the defense"}
-    assert erase_verdict(summary, 10)[-1].endswith("class 0 still stands out after the defense")
+    summary["scan"] = {
+        "verdict": "backdoor evidence remains: class 0 still stands out after the defense",
+        "before": {"flagged": [0]},
+        "after": {"flagged": [0, 9]},
+    }
+    lines = erase_verdict(summary, 10)
+    assert lines[-2].endswith("class 0 still stands out after the defense")
+    assert lines[-1].startswith("hint: --defense nc unlearns the trigger the scan inverts for class 0 ")
+    assert not erase_verdict({**summary, "config": {"defense": "nc:train.epochs=20"}}, 10)[-1].startswith("hint")
+    summary["scan"]["after"] = {"flagged": [9]}  # a new class after the defense is no evidence left behind
+    assert not erase_verdict(summary, 10)[-1].startswith("hint")
     page = erase_report({**summary, "scan": None, "verdict": erase_verdict(summary, 10)}, {}, None)
     assert 'class="warning"' in page and "<b>ASR</b> (attack success rate)" in page
 

@@ -124,7 +124,8 @@ ACC_DROP_WARNING = 10.0
 def erase_verdict(summary: dict[str, Any], num_classes: int) -> list[str]:
     """What the run did, in a few lines: accuracy kept and attack success, each beside fine-tuning's, the
     scan's verdict, and a WARNING line when the defense cost more than ``ACC_DROP_WARNING`` points of clean
-    accuracy or left it near chance. Empty without scores or a scan."""
+    accuracy or left it near chance, and a hint to try ``nc`` when a class the scan flagged before the defense
+    still stands out after it. Empty without scores or a scan."""
     name = summary.get("config", {}).get("defense", "defense")
     before, after, finetune = summary.get("before"), summary.get("after"), summary.get("finetune")
     lines = []
@@ -146,8 +147,20 @@ def erase_verdict(summary: dict[str, Any], num_classes: int) -> list[str]:
             lines.append(
                 f"WARNING: clean accuracy {after['acc']:.2f} is near chance ({chance:.0f}% for {num_classes} classes)"
             )
-    if summary.get("scan"):
-        lines.append(f"scan: {summary['scan']['verdict']}")
+    scan = summary.get("scan")
+    if scan:
+        lines.append(f"scan: {scan['verdict']}")
+        remaining = sorted(
+            set(scan.get("before", {}).get("flagged", [])) & set(scan.get("after", {}).get("flagged", []))
+        )
+        if remaining and name.split(":")[0] != "nc":
+            # Measured: on models trained with augmentation, fine-tuning and NAD keep such backdoors where
+            # unlearning the inverted trigger removes them (docs/defenses.md).
+            classes = ", ".join(map(str, remaining))
+            lines.append(
+                f"hint: --defense nc unlearns the trigger the scan inverts for class {classes} (Neural Cleanse; "
+                "see docs/defenses.md)"
+            )
     return lines
 
 
