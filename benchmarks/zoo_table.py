@@ -30,6 +30,16 @@ that of the run on 2 CPU cores, often shared with other work, so it overstates t
 """
 
 
+FOOTER = """
+Same configuration, not always the same weights: training in bf16 on CPU is not bitwise reproducible across
+thread counts, so `nad train` with a row's command gives a model of the same configuration (and the same
+`nad bench` cache key) whose scores can differ by about a point. `standard-badnets` holds the very weights of
+the `paper-cifar10` grid's standard BadNets cells (83.63 / 99.99). `standard-blend` was trained again with
+one thread (84.96 / 100.00): the grid's earlier standard Blend cells (`none`, FT, FP, MCR, NAD) were measured
+on an earlier model of this configuration (84.02 / 100.00) that was not kept, and its later cells on this one.
+"""
+
+
 def requested(spec: str) -> str:
     """The attack spec as given to ``nad train``: without the files its preparation wrote (a Trojan trigger,
     a Refool pool), which the recorded spec names."""
@@ -61,7 +71,7 @@ def row(folder: Path) -> str:
 
 def main() -> None:
     folders = sorted(p for p in ZOO.iterdir() if (p / "results.json").is_file())
-    (ZOO / "README.md").write_text(HEADER + "\n".join(row(f) for f in folders) + "\n")
+    (ZOO / "README.md").write_text(HEADER + "\n".join(row(f) for f in folders) + "\n" + FOOTER)
     print(f"wrote {ZOO / 'README.md'}: {len(folders)} models")
 
 
