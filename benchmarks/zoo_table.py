@@ -36,7 +36,7 @@ thread counts, so `nad train` with a row's command gives a model of the same con
 `nad bench` cache key) whose scores can differ by about a point. `standard-badnets` holds the very weights of
 the `paper-cifar10` grid's standard BadNets cells (83.63 / 99.99). `standard-blend` was trained again with
 one thread (84.96 / 100.00): the grid's earlier standard Blend cells (`none`, FT, FP, MCR, NAD) were measured
-on an earlier model of this configuration (84.02 / 100.00) that was not kept, and its later cells on this one.
+on an earlier model of this configuration (ACC 84.31, ASR 100.00) that was not kept, and its later cells on this one.
 """
 
 
