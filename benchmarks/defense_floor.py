@@ -2,7 +2,7 @@
 
     python -m benchmarks.defense_floor NAME [--epochs E] [--device cpu|cuda] [--precision fp32|bf16]
 
-NAME is ``fst``, ``ft_sam`` or ``sau``, run with its defaults on 2,500 CIFAR-sized uint8 images (5% of
+NAME is ``fst``, ``ft_sam``, ``sau`` or ``nc``, run with its defaults on 2,500 CIFAR-sized uint8 images (5% of
 CIFAR-10; random pixels, as the cost does not depend on them) and a fresh WRN-16-1, except ``--epochs``
 (SAU's rounds), which keeps a CPU run short: the floor scales with it, so the ratio does not. The floor
 counts the passes at the bare rates of the same process, at the defense's own batch size:
@@ -12,7 +12,11 @@ counts the passes at the bare rates of the same process, at the defense's own ba
 - ``sau``: per image and round, ``steps`` PGD steps that each run both models forward and backward to the
   input (measured as such: eval mode, gradient for the input only), one forward pass of each model on the
   clean images, one training step on the clean image and one on its perturbed copy, and two forward passes
-  of the frozen reference.
+  of the frozen reference;
+- ``nc``: the scan's passes (per step of trigger inversion and of universal perturbation, the classes' batch
+  of images forward and backward to the input; the held-out images forward), then one training step per image
+  of its unlearning set and epoch. So that the unlearning runs on a random model, the scan's threshold is set
+  to 1e-9, which flags every class with a positive anomaly index (the floor counts the images it really built).
 """
 
 from __future__ import annotations
@@ -72,9 +76,17 @@ def bare_rates(device: torch.device, batch: int, precision: str, steps: int = 10
     return rates
 
 
-def floor_seconds(name: str, config: object, rates: dict[str, float]) -> float:
+def floor_seconds(name: str, config: object, rates: dict[str, float], log: dict) -> float:
     epochs = config.train.epochs  # type: ignore[attr-defined]
     images = IMAGES * epochs
+    if name == "nc":
+        scan, classes = config.scan, 10  # type: ignore[attr-defined]
+        searched = (scan.steps + scan.uap_steps) * scan.batch * classes / rates["input_grad"]
+        return (
+            searched
+            + scan.holdout * classes / rates["forward"]
+            + log.get("unlearning_images", 0) * epochs / rates["train"]
+        )
     if name == "fst":
         return images / rates["train"]
     if name == "ft_sam":
@@ -86,15 +98,16 @@ def floor_seconds(name: str, config: object, rates: dict[str, float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", choices=["fst", "ft_sam", "sau"])
+    parser.add_argument("name", choices=["fst", "ft_sam", "sau", "nc"])
     parser.add_argument("--epochs", type=int, help="epochs (SAU: rounds); default: the defense's own")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
     device = torch.device(args.device)
-    _, config = defense_config(args.name, RunSettings(seed=0, precision=args.precision, epochs=args.epochs))
+    params = {"scan.threshold": "1e-9"} if args.name == "nc" else None  # see the module doc
+    settings = RunSettings(seed=0, precision=args.precision, epochs=args.epochs)
+    _, config = defense_config(args.name, settings, params=params)
     rates = bare_rates(device, config.train.batch_size, args.precision)
-    floor = floor_seconds(args.name, config, rates)
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (IMAGES, 3, 32, 32), dtype=torch.uint8, generator=gen)
@@ -103,8 +116,9 @@ def main() -> None:
     model = build_classifier(info)
     model.module.to(device)
     start = time.perf_counter()
-    DEFENSES[args.name](config).repair(model, clean, quiet=True)
+    log = DEFENSES[args.name](config).repair(model, clean, quiet=True).log
     seconds = time.perf_counter() - start
+    floor = floor_seconds(args.name, config, rates, log)
     figures = {
         "config": vars(args),
         "epochs": config.train.epochs,
@@ -114,6 +128,8 @@ def main() -> None:
         "floor_s": round(floor, 1),
         "ratio": round(seconds / floor, 2),
     }
+    if args.name == "nc":
+        figures.update(flagged=log["flagged"], unlearning_images=log.get("unlearning_images", 0))
     report(f"defense-floor-{args.name}-{device.type}-{args.precision}", figures)
 
 
