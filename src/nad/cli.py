@@ -117,7 +117,11 @@ def _erase_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean", required=True, help="clean data to draw the defense's set D from")
     p.add_argument("--clean-ratio", type=float, default=0.05, help="share of --clean used as D (default 0.05)")
     p.add_argument(
-        "--defense", default="nad", help="defense name, optionally NAME:key=value,... (default nad; see nad defenses)"
+        "--defense",
+        default="nad",
+        help="defense name, optionally NAME:key=value,... (default nad; see nad defenses); nc unlearns the "
+        "trigger the scan inverts, which removed backdoors that nad and finetune kept on models trained with "
+        "augmentation (docs/defenses.md)",
     )
     p.add_argument(
         "--config",
