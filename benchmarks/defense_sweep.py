@@ -65,10 +65,9 @@ def main() -> None:
     parser.add_argument("--scan", action="store_true", help="also scan each result on the validation images")
     parser.add_argument("--table-only", action="store_true", help="print the cached results; run nothing")
     args = parser.parse_args()
+    path = RESULTS / f"defense-sweep-{args.model.name}-s{args.seed}.json"
     if args.table_only:
-        print(
-            markdown(json.loads((RESULTS / f"defense-sweep-{args.model.name}-s{args.seed}.json").read_text())["rows"])
-        )
+        print(markdown(json.loads(path.read_text())["rows"]))
         return
     model = load_model(args.model / "model.safetensors")
     pool, test = load_data(args.data, "train"), load_data(args.data, "test")
@@ -76,11 +75,9 @@ def main() -> None:
     clean, _ = split_clean(pool, args.clean_ratio, args.seed, model.info.num_classes)
     tune_index, val_index = stratified_split(clean.y, 1 - args.val, args.seed)
     tune, val = clean.subset(tune_index, name="tune"), clean.subset(val_index, name="validation")
-    path = RESULTS / f"defense-sweep-{args.model.name}-s{args.seed}.json"
     done: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    done.setdefault("config", {"model": str(args.model), "tune": len(tune), "val": len(val), **vars(args)})
+    done.setdefault("config", {**vars(args), "model": str(args.model), "tune": len(tune), "val": len(val)})
     done["config"]["specs"] = sorted(set(done["config"].get("specs", [])) | set(args.specs))
-    done["config"]["model"] = str(args.model)
     rows = done.setdefault("rows", {})
     if "before" not in rows:
         rows["before"] = scores(model, val, test, attack, args.scan, args.seed)

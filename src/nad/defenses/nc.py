@@ -35,8 +35,8 @@ import time
 from dataclasses import dataclass, field, replace
 
 import torch
-from torch import Tensor
 
+from nad.attacks.images import to_float, to_uint8
 from nad.data.dataset import ImageData
 from nad.defenses.base import Defense, Monitor, Repair, epoch_hook
 from nad.defenses.registry import register_defense
@@ -60,24 +60,19 @@ class NCConfig:
             raise NadError(f"nc: unlearning_ratio must lie in (0, 1), got {self.unlearning_ratio}")
 
 
-def to_pixels(x: Tensor) -> Tensor:
-    """Float images in [0, 1] as uint8 pixels."""
-    return x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-
-
 def unlearning_set(clean: ImageData, found: ScanResult, cfg: NCConfig) -> ImageData:
     """D with its unlearning share replaced by one stamped copy per flagged class (true labels kept)."""
     device = clean.device
     order = torch.randperm(len(clean), generator=torch.Generator().manual_seed(cfg.train.seed)).to(device)
     cut = len(clean) - int(len(clean) * cfg.unlearning_ratio)
     keep, chosen = order[:cut], order[cut:]
-    share = clean.x[chosen].float().div_(255)
+    share = to_float(clean.x[chosen])
     images, labels = [clean.x[keep]], [clean.y[keep]]
     for c in found.flagged:
         mask, pattern = found.masks[c].to(device), found.patterns[c].to(device)
-        images.append(to_pixels((1 - mask) * share + mask * pattern))
+        images.append(to_uint8((1 - mask) * share + mask * pattern))
         if cfg.uap:
-            images.append(to_pixels(share + found.perturbations[c].to(device)))
+            images.append(to_uint8(share + found.perturbations[c].to(device)))
     labels += [clean.y[chosen]] * (len(images) - 1)
     return clean.with_images(torch.cat(images), torch.cat(labels), name=f"{clean.name} (unlearning)")
 
