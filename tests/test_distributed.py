@@ -15,11 +15,15 @@ whole batch's. Two things still differ:
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 import torch
@@ -63,12 +67,33 @@ class PlainCNN(nn.Module):
 '''
 
 
+def loopback_env() -> dict[str, str]:
+    """Gloo on the loopback interface, whatever the host name resolves to.
+
+    Without it, gloo binds to the address of the machine's host name and torchrun gives that name to the
+    workers; on a machine whose name resolves to an address the processes cannot reach, they wait for each
+    other until the timeout instead of meeting.
+    """
+    names = {name for _, name in socket.if_nameindex()}
+    return {"GLOO_SOCKET_IFNAME": "lo"} if "lo" in names else {}
+
+
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [*command, "-m", "nad", *args], env=env, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT
-    )
+    command += ["--local-addr", "127.0.0.1"]  # the rendezvous address the workers dial: no host-name lookup
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **loopback_env()}
+    # A session of its own, so that a hang kills the workers too: killing torchrun alone would leave them
+    # holding the output pipes, and reading those would wait for the workers' own (10 min) timeout.
+    with subprocess.Popen(
+        [*command, "-m", "nad", *args], env=env, stdout=PIPE, stderr=PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=TORCHRUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"torchrun did not finish within {TORCHRUN_TIMEOUT} s:\n{stdout[-2000:]}\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def losses(out: Path) -> list[float]:
@@ -122,12 +147,15 @@ def test_outside_torchrun_everything_is_a_single_process():
 
 
 @needs_gloo
-def test_nad_hooks_work_through_real_ddp():
+def test_nad_hooks_work_through_real_ddp(monkeypatch):
     """The student's hooks sit on the plain module; the DDP-wrapped forward fires them, and gradients flow."""
     from nad.defenses.nad import AttentionDistillationLoss
     from nad.models import create_model
 
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    for name, value in loopback_env().items():
+        monkeypatch.setenv(name, value)
+    timeout = datetime.timedelta(seconds=60)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     try:
         torch.manual_seed(0)
         student, teacher = create_model("small_cnn", 10, 1, width=4), create_model("small_cnn", 10, 1, width=4)
