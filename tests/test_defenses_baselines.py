@@ -20,6 +20,7 @@ from nad.cli import build_parser, main
 from nad.commands import defense_from_args
 from nad.config import from_mapping, load_yaml
 from nad.data import Augment, ImageData, load_data
+from nad.data.dataset import stratified_split
 from nad.defenses import (
     ANP,
     DEFENSES,
@@ -39,7 +40,7 @@ from nad.defenses.ibau import fixed_point_hypergradient
 from nad.defenses.mcr import CURVE_TRAIN
 from nad.demo import DemoConfig
 from nad.errors import NadError
-from nad.metrics import Scores, evaluate
+from nad.metrics import Scores, accuracy, evaluate
 from nad.models import Classifier, build_classifier, load_model, save_model
 from nad.models.checkpoint import ModelInfo
 from nad.training import TrainConfig
@@ -196,6 +197,22 @@ def test_anp_pruning_persists_in_the_state_dict(setup: Setup, tmp_path) -> None:
             now_zero = (module.weight == 0) & (original[name].weight != 0)
             zeroed += int(now_zero.sum())
     assert zeroed == repair.log["pruned"]
+
+
+def test_anp_max_drop_prunes_as_many_neurons_as_the_held_out_accuracy_allows(setup: Setup) -> None:
+    # threshold=1 lifts the paper's cap, so only the held-out accuracy stops the pruning.
+    cfg = ANPConfig(iterations=100, batch_size=32, augment=DIGITS_AUG, threshold=1.0, max_drop=5.0)
+    repair = ANP(cfg).repair(setup.model, setup.clean, quiet=True)
+    log = repair.log
+    curve = log["val_acc_curve"]
+    assert curve[0][0] == 0 and 0 < log["pruned"] < log["below_threshold"] == log["neurons"]
+    kept = [acc for count, acc in curve if count <= log["pruned"]]
+    assert min(kept) >= curve[0][1] - 5.0
+    assert curve[-1][1] < curve[0][1] - 5.0  # it stopped at the first count that cost more
+    val_idx, _ = stratified_split(setup.clean.y, cfg.val_ratio, cfg.seed)
+    val = setup.clean.subset(val_idx)
+    assert accuracy(repair.model, val) == pytest.approx(dict(map(tuple, curve))[log["pruned"]])
+    assert log["val_size"] == len(val)
 
 
 def test_mcr_curve_ends_are_the_end_models(setup: Setup) -> None:
