@@ -336,3 +336,13 @@ def test_cl_through_train_model():
         data, "small_cnn", TrainConfig(epochs=1, batch_size=20), attack, arch_kwargs={"width": 4}, quiet=True
     )
     assert len(result.poisoned) == 5 and result.model.info.attack == attack.spec()
+
+
+def test_cl_version_2_attacks_a_wrn_surrogate_and_has_its_own_bench_key():
+    from nad.bench.grid import ModelSpec
+    from nad.training import TrainConfig
+
+    assert LabelConsistent().surrogate == "wrn16_1" and LabelConsistent.version == 2
+    old = ModelSpec("cifar10:x", 0, "wrn16_1", {}, "cifar10", "cl", TrainConfig())
+    new = ModelSpec("cifar10:x", 0, "wrn16_1", {}, "cifar10", "cl", TrainConfig(), LabelConsistent.version)
+    assert new.key != old.key
