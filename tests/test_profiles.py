@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nad.api import SCRATCH
+from nad.attacks import parse_attack
 from nad.bench.config import load_bench
 from nad.bench.grid import ModelSpec, key_dict
 from nad.cli import main
@@ -101,3 +102,16 @@ def test_bench_trains_when_no_zoo_model_matches(tmp_path, capsys):
     args = ["bench", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "bench"), "--quiet", "--device", "cpu"]
     assert main([*args, "--zoo", str(zoo)]) == 0
     assert "1 models trained" in capsys.readouterr().out
+
+
+def test_bench_takes_a_zoo_trojan_although_training_recorded_its_generated_trigger(tmp_path, capsys):
+    trojan = "trojan:size=3,steps=2,surrogate_epochs=1"
+    zoo = tmp_path / "zoo"
+    train = ["train", "--data", "digits", "--arch", "small_cnn", "--attack", trojan, "--epochs", "1", "--quiet"]
+    assert main([*train, "--profile", "reference", "--out", str(zoo / "reference-trojan")]) == 0
+    config = json.loads((zoo / "reference-trojan" / "results.json").read_text())["config"]
+    assert "trigger=trojan-trigger.npy" in config["attack"] and config["attack_asked"] == parse_attack(trojan).spec()
+    (tmp_path / "b.yaml").write_text(BENCH.replace("[badnets]", f'["{trojan}"]'))
+    args = ["bench", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "bench"), "--quiet", "--device", "cpu"]
+    assert main([*args, "--zoo", str(zoo)]) == 0
+    assert "0 models trained" in capsys.readouterr().out

@@ -45,6 +45,7 @@ def run_train(args: argparse.Namespace) -> int:
     spec = default_test_spec(args.data, args.test)
     test = load_data(spec, "test").to(device) if spec else None
     attack = attack_for(args.attack, data)
+    asked = attack.spec() if attack else None  # before prepare() fills in what it generates (Trojan's trigger)
     kind, _, _ = parse_data_spec(args.data)
     normalize = parse_normalize(args.normalize or DEFAULT_NORMALIZE.get(kind, "none"))
     cfg = train_config(args)
@@ -78,6 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
             "data": args.data,
             "arch": args.arch,
             "attack": attack.spec() if attack else None,
+            "attack_asked": asked,
             "attack_version": type(attack).version if attack else None,
             "profile": args.profile,
             **asdict(cfg),

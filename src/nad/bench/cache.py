@@ -145,7 +145,10 @@ def zoo_matches(record: dict[str, Any], folder: Path, spec: ModelSpec, data_fing
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
         train = from_mapping(TrainConfig, {k: v for k, v in config.items() if k in names}, str(folder))
-        attack = parse_attack(config["attack"]).spec() if config.get("attack") else None
+        # The attack as asked: ``attack`` is the prepared one, which names what preparing generated (Trojan's
+        # ``trigger=``) and so never equals the bench's spec. Records from before ``attack_asked`` lack it.
+        asked = config.get("attack_asked") or config.get("attack")
+        attack = parse_attack(asked).spec() if asked else None
         version = config.get("attack_version") or 1  # recorded since versions exist; before, all were 1
         if key_dict(train) != key_dict(spec.train) or attack != spec.attack or version != spec.attack_version:
             return False  # decided from results.json alone, before any weights are read
