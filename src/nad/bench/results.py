@@ -40,6 +40,7 @@ PRETTY = {
     "mcr": "MCR",
     "nad": "NAD",
     "anp": "ANP",
+    "anp_ft": "ANP+FT",
     "ibau": "I-BAU",
     "fst": "FST",
     "sau": "SAU",
