@@ -10,6 +10,9 @@ whose results hold the scan before and after the defense, and the ASR the known 
 A model already done in ``OUT`` is read back, not rerun. The table goes to ``benchmarks/results/scan-zoo.json``
 (``scan-zoo-SPEC.json`` for a defense other than the default ``nad``) and, as Markdown, to stdout
 (``docs/scan.md`` carries it).
+
+``--scan-only`` runs ``nad scan zoo/NAME --clean DATA --out OUT/NAME--scan`` instead (no defense): the verdict
+and the index of the target class by each of the three measures (``benchmarks/results/scan-only.json``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,41 @@ def erase(name: str, data: str, out: Path, defense: str = "nad") -> dict[str, An
         command += ["--defense", defense]
         subprocess.run([*command, "--out", str(folder), "--quiet", "--overwrite"], check=True)
     return json.loads((folder / "results.json").read_text())
+
+
+def scan_only(name: str, data: str, out: Path) -> dict[str, Any]:
+    folder = out / f"{name}--scan"
+    if not (folder / "scan.json").is_file():
+        command = [sys.executable, "-m", "nad", "scan", str(ZOO / name), "--clean", data, "--quiet"]
+        subprocess.run([*command, "--out", str(folder)], check=True)
+    scan = json.loads((folder / "scan.json").read_text())
+    attack = json.loads((ZOO / name / "results.json").read_text())["config"].get("attack")
+    return {
+        "model": name,
+        "target": 0 if attack else None,  # every zoo attack targets class 0
+        "flagged": scan["flagged"],
+        "indices_of_0": {key: round(scan[key][0], 2) for key in ("nc_index", "uap_index", "neuron_index")},
+        "seconds": round(scan["seconds"], 1),
+        "verdict": scan["verdict"],
+    }
+
+
+def scan_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | flagged | NC index of 0 | UAP index of 0 | ANP index of 0 | named? |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["target"] is None:
+            named = "**false alarm**" if r["flagged"] else "no flag (right)"
+        else:
+            named = "yes" if r["target"] in r["flagged"] else "**no**"
+        i = r["indices_of_0"]
+        lines.append(
+            f"| `{r['model']}` | {', '.join(map(str, r['flagged'])) or 'none'} | {i['nc_index']:.2f} "
+            f"| {i['uap_index']:.2f} | {i['neuron_index']:.2f} | {named} |"
+        )
+    return "\n".join(lines)
 
 
 def row(name: str, results: dict[str, Any]) -> dict[str, Any]:
@@ -87,8 +125,14 @@ def main() -> None:
     parser.add_argument("--data", default="cifar10:data/cifar10")
     parser.add_argument("--out", type=Path, default=Path("runs/scan-zoo"))
     parser.add_argument("--defense", default="nad", help="the defense between the two scans (nad erase --defense)")
+    parser.add_argument("--scan-only", action="store_true", help="nad scan each model; no defense")
     args = parser.parse_args()
     names = args.names or sorted(p.name for p in ZOO.iterdir() if (p / "model.safetensors").is_file())
+    if args.scan_only:
+        rows = [scan_only(name, args.data, args.out) for name in names]
+        report("scan-only", {"data": args.data, "rows": rows})
+        print(scan_markdown(rows))
+        return
     rows = [row(name, erase(name, args.data, args.out, args.defense)) for name in names]
     name = "scan-zoo" if args.defense == "nad" else f"scan-zoo-{slug(args.defense)}"
     report(name, {"data": args.data, "defense": args.defense, "rows": rows})

@@ -100,3 +100,22 @@ def test_comparison_verdicts(before, after, verdict):
     comparison = ScanComparison(flagged(*before), flagged(*after))
     assert comparison.verdict == verdict
     assert comparison.to_json()["before"]["flagged"] == list(before)
+
+
+def test_class_neuron_noise_perturbs_only_the_images_of_its_class(clean_model):
+    from nad.scan import ClassNeuronNoise
+
+    x = clean_model.preprocess(load_data("digits").x[:6])
+    clean_model.module.eval()
+    with torch.no_grad():
+        plain = clean_model.module(x)
+    with ClassNeuronNoise(clean_model.module, 3) as noise, torch.no_grad():
+        noise.group = torch.tensor([0, 0, 1, 1, 2, 2])
+        assert torch.allclose(clean_model.module(x), plain, atol=1e-6)  # zero noise: the model as it is
+        for n in noise.noise:
+            n[1].uniform_(-0.5, 0.5)
+        moved = clean_model.module(x)
+    changed = (moved - plain).abs().amax(1) > 1e-4
+    assert changed.tolist() == [False, False, True, True, False, False]
+    with torch.no_grad():
+        assert torch.equal(clean_model.module(x), plain)  # the hooks are gone

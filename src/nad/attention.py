@@ -181,3 +181,12 @@ def auto_layers(model: nn.Module, sample: Tensor, count: int = 3) -> list[str]:
 
 def _has_conv(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+
+
+def batch_norms(module: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """Every affine BatchNorm of ``module`` with its qualified name, in module order."""
+    return [
+        (name, m)
+        for name, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m.weight is not None
+    ]

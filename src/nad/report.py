@@ -169,21 +169,23 @@ def evidence_section(evidence: dict[str, Any] | None) -> list[str]:
     if not evidence:
         return []
     before, after = evidence["before"], evidence["after"]
-    rows = "".join(
-        f"<tr><td>{c}</td><td>{before['norms'][c]:.1f}</td><td>{before['nc_index'][c]:.2f}</td>"
-        f"<td>{before['uap_success'][c]:.1f}</td><td>{before['uap_index'][c]:.2f}</td>"
-        f"<td>{after['norms'][c]:.1f}</td><td>{after['nc_index'][c]:.2f}</td>"
-        f"<td>{after['uap_success'][c]:.1f}</td><td>{after['uap_index'][c]:.2f}</td></tr>"
-        for c in range(len(before["norms"]))
-    )
-    head = "<th>mask L1</th><th>NC index</th><th>UAP %</th><th>UAP index</th>"
+
+    def cells(scan: dict[str, Any], c: int) -> str:
+        neuron = scan.get("neuron_success") or [0.0] * len(scan["norms"])  # absent from older results
+        neuron_index = scan.get("neuron_index") or [0.0] * len(scan["norms"])
+        values = (scan["norms"][c], scan["nc_index"][c], scan["uap_success"][c], scan["uap_index"][c])
+        values += (neuron[c], neuron_index[c])
+        return "".join(f"<td>{v:.{1 if i % 2 == 0 else 2}f}</td>" for i, v in enumerate(values))
+
+    rows = "".join(f"<tr><td>{c}</td>{cells(before, c)}{cells(after, c)}</tr>" for c in range(len(before["norms"])))
+    head = "<th>mask L1</th><th>NC index</th><th>UAP %</th><th>UAP index</th><th>ANP %</th><th>ANP index</th>"
     return [
         "<h2>Backdoor evidence (trigger-agnostic scan)</h2>",
         f"<p><b>{html.escape(evidence['verdict'])}</b>. Before: {html.escape(before['verdict'])}; after: "
         f"{html.escape(after['verdict'])}. A class is flagged when its inverted-trigger mask is unusually small or "
-        f"its universal perturbation unusually successful (anomaly index above {before['threshold']:g}); see "
-        "<code>nad scan</code>.</p>",
-        f'<table><tr><th></th><th colspan="4">before</th><th colspan="4">after</th></tr>'
+        "its universal or its neuron perturbation unusually successful (anomaly index above "
+        f"{before['threshold']:g}); see <code>nad scan</code>.</p>",
+        f'<table><tr><th></th><th colspan="6">before</th><th colspan="6">after</th></tr>'
         f"<tr><th>class</th>{head}{head}</tr>{rows}</table>",
     ]
 

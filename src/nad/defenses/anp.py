@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from nad.attention import batch_norms
 from nad.data.augment import Augment, augment_batch
 from nad.data.dataset import ImageData, stratified_split
 from nad.defenses.base import Defense, Monitor, Repair, epoch_hook
@@ -90,14 +91,6 @@ class ANPConfig:
             raise NadError(f"anp: max_drop must be >= 0 (accuracy points), got {self.max_drop}")
         if not 0 < self.val_ratio < 1:
             raise NadError(f"anp: val_ratio must lie in (0, 1), got {self.val_ratio}")
-
-
-def batch_norms(module: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
-    return [
-        (name, m)
-        for name, m in module.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m.weight is not None
-    ]
 
 
 class NeuronPerturbation:
