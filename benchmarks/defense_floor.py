@@ -2,10 +2,11 @@
 
     python -m benchmarks.defense_floor NAME [--epochs E] [--device cpu|cuda] [--precision fp32|bf16]
 
-NAME is ``fst``, ``ft_sam``, ``sau`` or ``nc``, run with its defaults on 2,500 CIFAR-sized uint8 images (5% of
-CIFAR-10; random pixels, as the cost does not depend on them) and a fresh WRN-16-1, except ``--epochs``
-(SAU's rounds), which keeps a CPU run short: the floor scales with it, so the ratio does not. The floor
-counts the passes at the bare rates of the same process, at the defense's own batch size:
+NAME is ``fst``, ``ft_sam``, ``sau``, ``nc`` or ``anp_ft``, run with its defaults on 2,500 CIFAR-sized uint8
+images (5% of CIFAR-10; random pixels, as the cost does not depend on them) and a fresh WRN-16-1, except
+``--epochs`` (SAU's rounds) and ``--iterations`` (ANP's mask steps), which keep a CPU run short: the floor
+scales with them, so the ratio does not. The floor counts the passes at the bare rates of the same process,
+at the defense's own batch size:
 
 - ``fst``: one training step per image and epoch;
 - ``ft_sam``: two (SAM's second forward and backward, at the perturbed weights);
@@ -17,6 +18,10 @@ counts the passes at the bare rates of the same process, at the defense's own ba
   of images forward and backward to the input; the held-out images forward), then one training step per image
   of its unlearning set and epoch. So that the unlearning runs on a random model, the scan's threshold is set
   to 1e-9, which flags every class with a positive anomaly index (the floor counts the images it really built).
+- ``anp_ft``: per mask iteration, three passes of the batch forward and backward to the perturbed neurons
+  (the noise's ascent step, then the natural and the perturbed loss for the masks), counted at the
+  input-gradient rate at ANP's batch size; one forward pass of the held-out images per pruning count tried;
+  then one training step per image and epoch of the fine-tuning.
 """
 
 from __future__ import annotations
@@ -76,7 +81,8 @@ def bare_rates(device: torch.device, batch: int, precision: str, steps: int = 10
     return rates
 
 
-def floor_seconds(name: str, config: object, rates: dict[str, float], log: dict) -> float:
+def floor_seconds(name: str, config: object, rates_at: dict[int, dict[str, float]], log: dict) -> float:
+    rates = rates_at[config.train.batch_size]  # type: ignore[attr-defined]
     epochs = config.train.epochs  # type: ignore[attr-defined]
     images = IMAGES * epochs
     if name == "nc":
@@ -87,6 +93,11 @@ def floor_seconds(name: str, config: object, rates: dict[str, float], log: dict)
             + scan.holdout * classes / rates["forward"]
             + log.get("unlearning_images", 0) * epochs / rates["train"]
         )
+    if name == "anp_ft":
+        anp_rates = rates_at[config.batch_size]  # type: ignore[attr-defined]
+        masks = 3 * config.iterations * config.batch_size / anp_rates["input_grad"]  # type: ignore[attr-defined]
+        counts = log["val_size"] * len(log["val_acc_curve"]) / anp_rates["forward"]
+        return masks + counts + images / rates["train"]
     if name == "fst":
         return images / rates["train"]
     if name == "ft_sam":
@@ -98,16 +109,20 @@ def floor_seconds(name: str, config: object, rates: dict[str, float], log: dict)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", choices=["fst", "ft_sam", "sau", "nc"])
+    parser.add_argument("name", choices=["fst", "ft_sam", "sau", "nc", "anp_ft"])
     parser.add_argument("--epochs", type=int, help="epochs (SAU: rounds); default: the defense's own")
+    parser.add_argument("--iterations", type=int, help="anp_ft: ANP's mask steps; default: its own (2000)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
     device = torch.device(args.device)
     params = {"scan.threshold": "1e-9"} if args.name == "nc" else None  # see the module doc
+    if args.iterations is not None:
+        params = {"iterations": str(args.iterations)}
     settings = RunSettings(seed=0, precision=args.precision, epochs=args.epochs)
     _, config = defense_config(args.name, settings, params=params)
-    rates = bare_rates(device, config.train.batch_size, args.precision)
+    batches = {config.train.batch_size, getattr(config, "batch_size", config.train.batch_size)}
+    rates_at = {batch: bare_rates(device, batch, args.precision) for batch in batches}
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (IMAGES, 3, 32, 32), dtype=torch.uint8, generator=gen)
@@ -118,16 +133,18 @@ def main() -> None:
     start = time.perf_counter()
     log = DEFENSES[args.name](config).repair(model, clean, quiet=True).log
     seconds = time.perf_counter() - start
-    floor = floor_seconds(args.name, config, rates, log)
+    floor = floor_seconds(args.name, config, rates_at, log)
     figures = {
         "config": vars(args),
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
-        "rates_img_s": {k: round(v, 1) for k, v in rates.items()},
+        "rates_img_s": {b: {k: round(v, 1) for k, v in r.items()} for b, r in rates_at.items()},
         "seconds": round(seconds, 1),
         "floor_s": round(floor, 1),
         "ratio": round(seconds / floor, 2),
     }
+    if args.name == "anp_ft":
+        figures.update(iterations=config.iterations, pruned=log["pruned"], seconds_by_phase=log["seconds"])
     if args.name == "nc":
         figures.update(flagged=log["flagged"], unlearning_images=log.get("unlearning_images", 0))
     report(f"defense-floor-{args.name}-{device.type}-{args.precision}", figures)
