@@ -86,9 +86,10 @@ class ScanConfig:
     uap_steps: int = 20
     uap_step: float = 2 / 255
     holdout: int = 256
-    neuron_eps: float = 0.03
-    neuron_steps: int = 5
-    neuron_step: float = 0.0075
+    # Added after bench cells of ``nc`` were recorded; they change nothing ``nc`` does (see ``trigger_flagged``).
+    neuron_eps: float = field(default=0.03, metadata={"hash": "when-changed"})
+    neuron_steps: int = field(default=5, metadata={"hash": "when-changed"})
+    neuron_step: float = field(default=0.0075, metadata={"hash": "when-changed"})
     threshold: float = 2.0
     seed: int = 0
     precision: Precision = "fp32"
@@ -125,6 +126,12 @@ class ScanResult:
     perturbations: Tensor | None = field(default=None, repr=False)
     neuron_success: list[float] = field(default_factory=list)
     neuron_index: list[float] = field(default_factory=list)
+
+    @property
+    def trigger_flagged(self) -> list[int]:
+        """The flagged classes for which the scan found an input trigger (by trigger inversion or universal
+        perturbation): a class flagged by the neuron perturbation alone has none to unlearn."""
+        return [c for c in self.flagged if max(self.nc_index[c], self.uap_index[c]) > self.threshold]
 
     @property
     def verdict(self) -> str:

@@ -22,7 +22,8 @@ Deviations:
   optimised at once for fewer steps, the anomaly index on log norms with a floor under the MAD), with the
   run's seed and precision; and a class is also flagged when the scan's universal adversarial perturbation
   stands out (the official code flags by mask norm alone). A class flagged only that way is still unlearned
-  with its inverted mask trigger, unless ``uap`` is set.
+  with its inverted mask trigger, unless ``uap`` is set. A class the scan flags by its neuron perturbation
+  alone is not unlearned: that measure perturbs the model, so it yields no input trigger to unlearn.
 - ``uap`` (default off): also stamp each flagged class's universal perturbation (L-inf 8/255) on a further
   copy of the unlearning share. This is an extension in the spirit of I-BAU's unlearning of a universal
   perturbation, for full-image triggers that a small mask cannot express; Neural Cleanse has nothing like it.
@@ -68,7 +69,7 @@ def unlearning_set(clean: ImageData, found: ScanResult, cfg: NCConfig) -> ImageD
     keep, chosen = order[:cut], order[cut:]
     share = to_float(clean.x[chosen])
     images, labels = [clean.x[keep]], [clean.y[keep]]
-    for c in found.flagged:
+    for c in found.trigger_flagged:
         mask, pattern = found.masks[c].to(device), found.patterns[c].to(device)
         images.append(to_uint8((1 - mask) * share + mask * pattern))
         if cfg.uap:
@@ -97,9 +98,13 @@ class NeuralCleanse(Defense):
         start = time.perf_counter()
         cfg = self.config
         found = scan(model, clean, replace(cfg.scan, seed=cfg.train.seed, precision=cfg.train.precision), quiet)
-        log = {"flagged": found.flagged, "scan": found.to_json(), "seconds": {"scan": time.perf_counter() - start}}
+        log = {
+            "flagged": found.trigger_flagged,
+            "scan": found.to_json(),
+            "seconds": {"scan": time.perf_counter() - start},
+        }
         student = model.clone()
-        if not found.flagged:  # nothing found, nothing to unlearn: the official code returns the model as it is
+        if not found.trigger_flagged:  # nothing found, nothing to unlearn: the official code returns the model as it is
             return Repair(student, {**log, "unlearned": False})
         data = unlearning_set(clean, found, cfg)
         hook = epoch_hook(monitor, "nc", student)
