@@ -7,6 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from nad.training import load_profile
+
 ZOO = Path("zoo")
 
 HEADER = """# The model zoo
@@ -21,7 +23,8 @@ bench asks for a model trained exactly this way. `zoo/build.sh PROFILE [NAME ...
 Profiles (`src/nad/presets/profiles/`): `reference` is the NAD reference code's `train_badnet.py` (no
 augmentation, the data's own order, 19 epochs at lr 0.1, batch 64); `standard` trains with crop, flip and
 Cutout, shuffled, 40 epochs, lr 0.1 then 0.001 from epoch 20; `cosine` is `nad train`'s default. All zoo
-models train under bf16 autocast with channels-last (the profiles' documented deviation, for time), seed 0,
+models train under bf16 autocast with channels-last (the profiles' documented deviation, for time; `cosine`,
+whose profile is fp32, asks for it with `--precision bf16`), seed 0,
 target class 0. ACC is on all 10,000 test images, ASR on the 9,000 triggered non-target ones. Wall time is
 that of the run on 2 CPU cores, often shared with other work, so it overstates the cost.
 
@@ -52,8 +55,12 @@ def requested(spec: str) -> str:
 
 def command(name: str, config: dict) -> str:
     attack = f" --attack {requested(config['attack'])}" if config.get("attack") else ""
+    profile = config.get("profile", "?")
+    precision = config.get("precision")
+    # A precision other than the profile's own was asked for on the command line (cosine models, for time).
+    flag = f" --precision {precision}" if precision and precision != load_profile(profile).precision else ""
     return (
-        f"`nad train --data cifar10:data/cifar10 --arch {config['arch']} --profile {config.get('profile', '?')}"
+        f"`nad train --data cifar10:data/cifar10 --arch {config['arch']} --profile {profile}{flag}"
         f"{attack} --seed {config.get('seed', 0)} --out zoo/{name}`"
     )
 
