@@ -39,7 +39,19 @@ def scan_result(flagged: list[int], classes: int = 3, size: int = 4, channels: i
     patterns = torch.ones(classes, channels, size, size)
     perturbations = torch.full((classes, channels, size, size), 8 / 255)
     zeros = [0.0] * classes
-    return ScanResult(zeros, [True] * classes, zeros, zeros, zeros, flagged, 2.0, 0.0, masks, patterns, perturbations)
+    nc_index = [5.0 if c in flagged else 0.0 for c in range(classes)]  # flagged by trigger inversion
+    return ScanResult(
+        zeros, [True] * classes, zeros, nc_index, zeros, flagged, 2.0, 0.0, masks, patterns, perturbations
+    )
+
+
+def test_a_class_flagged_by_the_neuron_perturbation_alone_is_not_unlearned():
+    x = torch.full((10, 3, 4, 4), 100, dtype=torch.uint8)
+    clean = ImageData(x, torch.arange(10) % 3, 3, name="toy")
+    found = scan_result([1])
+    found.flagged, found.neuron_index = [1, 2], [0.0, 0.0, 5.0]  # class 2: no input trigger was found
+    assert found.trigger_flagged == [1]
+    assert len(unlearning_set(clean, found, NCConfig())) == 10  # one stamped copy (class 1), not two
 
 
 def test_the_unlearning_share_is_stamped_with_the_inverted_trigger_and_keeps_its_labels():
