@@ -31,7 +31,7 @@ from benchmarks.common import RESULTS, machine
 from nad.api import model_attack, split_clean
 from nad.data import load_data
 from nad.data.dataset import stratified_split
-from nad.defenses.anp import ANP, ANPConfig, prune, pruning_order
+from nad.defenses.anp import ANP, ANPConfig, PrunedNeurons, prune, pruning_order
 from nad.defenses.settings import RunSettings, defense_config
 from nad.metrics import accuracy, evaluate
 from nad.models import load_model
@@ -114,11 +114,11 @@ def main() -> None:
     finetuned = result.setdefault("finetuned", {})
     settings = RunSettings(seed=args.seed)
     for count in args.finetune:
-        pruned = model.clone()
-        prune(pruned, names, order[:count], zero_bias=False)
+        held = PrunedNeurons(model.clone(), names, order[:count], zero_bias=False)
+        held.apply()
+        pruned = held.model
         start = time.perf_counter()
-        hold = lambda pruned=pruned, count=count: prune(pruned, names, order[:count], zero_bias=False)  # noqa: E731
-        train(pruned, tune, defense_config("finetune", settings)[1], desc="finetune", quiet=True, after_step=hold)
+        train(pruned, tune, defense_config("finetune", settings)[1], desc="finetune", quiet=True, after_step=held.apply)
         point = {"seconds": round(time.perf_counter() - start, 1), "val_acc": accuracy(pruned, val)}
         point.update({k: v for k, v in vars(evaluate(pruned, test, attack)).items() if k in ("acc", "asr", "ra")})
         finetuned[str(count)] = point

@@ -118,7 +118,7 @@ def main() -> None:
     device = torch.device(args.device)
     params = {"scan.threshold": "1e-9"} if args.name == "nc" else None  # see the module doc
     if args.iterations is not None:
-        params = {"iterations": str(args.iterations)}
+        params = {**(params or {}), "iterations": str(args.iterations)}
     settings = RunSettings(seed=0, precision=args.precision, epochs=args.epochs)
     _, config = defense_config(args.name, settings, params=params)
     batches = {config.train.batch_size, getattr(config, "batch_size", config.train.batch_size)}

@@ -260,6 +260,12 @@ def draw(clean: ImageData, count: int, gen: torch.Generator) -> Tensor:
     return clean.x[index].float().div_(255)
 
 
+def held_out(clean: ImageData, target: int, count: int, gen: torch.Generator) -> Tensor:
+    """A fresh random draw of ``count`` clean images, less those of class ``target`` (float, [0, 1])."""
+    index = torch.randint(len(clean), (count,), generator=gen).to(clean.device)
+    return clean.x[index][clean.y[index] != target].float().div_(255)
+
+
 def invert_triggers(
     clf: Classifier, clean: ImageData, cfg: ScanConfig, gen: torch.Generator, quiet: bool
 ) -> tuple[list[float], list[bool], Tensor, Tensor]:
@@ -324,10 +330,8 @@ def universal_success(
             delta.sub_(cfg.uap_step * grad.sign()).clamp_(-cfg.eps, cfg.eps)
     rates = []
     with torch.no_grad():
-        for t in range(k):  # fresh random draws of clean images of the other classes
-            index = torch.randint(len(clean), (cfg.holdout,), generator=gen).to(device)
-            keep = clean.y[index] != t
-            x = clean.x[index][keep].float().div_(255)
+        for t in range(k):
+            x = held_out(clean, t, cfg.holdout, gen)
             if len(x) == 0:
                 rates.append(0.0)
                 continue
@@ -388,8 +392,7 @@ def neuron_success(
         rates = []
         with torch.no_grad():
             for t in range(k):
-                index = torch.randint(len(clean), (cfg.holdout,), generator=gen).to(device)
-                x = clean.x[index][clean.y[index] != t].float().div_(255)
+                x = held_out(clean, t, cfg.holdout, gen)
                 noise.group = torch.full((len(x),), t, device=device)
                 hits = (forward(clf, x, cfg).argmax(1) == t).float().mean() if len(x) else torch.zeros(())
                 rates.append(hits)

@@ -204,13 +204,13 @@ class ANP(Defense):
         monitor: Monitor | None = None,
         fine_tuned: Classifier | None = None,
     ) -> Repair:
-        pruned, _, log = self.prune_model(model, clean, quiet, monitor)
+        pruned, log = self.prune_model(model, clean, quiet, monitor)
         return Repair(pruned.model, log)
 
     def prune_model(
         self, model: Classifier, clean: ImageData, quiet: bool = False, monitor: Monitor | None = None
-    ) -> tuple[PrunedNeurons, Tensor, dict[str, Any]]:
-        """A pruned copy of ``model``, the pruned (layer, channel) pairs, and the log of the choice."""
+    ) -> tuple[PrunedNeurons, dict[str, Any]]:
+        """A pruned copy of ``model`` (with the neurons it pruned) and the log of the choice."""
         cfg: ANPConfig = self.config
         start = time.perf_counter()
         log: dict[str, Any] = {}
@@ -242,7 +242,7 @@ class ANP(Defense):
                 "seconds": {"masks": mask_seconds, "prune": time.perf_counter() - start - mask_seconds},
             }
         )
-        return pruned, order[:count], log
+        return pruned, log
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ class ANPFineTune(ANP):
         fine_tuned: Classifier | None = None,
     ) -> Repair:
         cfg: ANPFineTuneConfig = self.config
-        pruned, _, log = self.prune_model(model, clean, quiet, monitor)
+        pruned, log = self.prune_model(model, clean, quiet, monitor)
         start = time.perf_counter()
         hook = epoch_hook(monitor, "pruned", pruned.model)
         history = train(
