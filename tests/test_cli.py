@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from nad.cli import COMMANDS, main
+from nad.cli import COMMANDS, main, run
 from nad.data import stratified_split
 from nad.data.sources import load_digits
 from nad.models import load_model
@@ -35,6 +35,17 @@ def test_missing_command_is_a_usage_error(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("nad: error:") and "--help" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_command_exits_with_mains_code(tmp_path, monkeypatch, capsys):
+    """``nad`` (``run``) hands main's return code to the shell; outside torchrun it exits normally."""
+    for variable in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr("sys.argv", ["nad", "eval", str(tmp_path / "nope.safetensors"), "--data", "digits"])
+    with pytest.raises(SystemExit) as info:
+        run()
+    assert info.value.code == 2
+    assert_one_line_error(capsys, "nope.safetensors")
 
 
 def assert_one_line_error(capsys, *fragments: str) -> str:

@@ -1,5 +1,3 @@
-import sys
+from nad.cli import run
 
-from nad.cli import main
-
-sys.exit(main())
+run()

@@ -283,6 +283,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def run() -> NoReturn:
+    """The ``nad`` command: :func:`main`, then exit with its code.
+
+    A process that torchrun started leaves without the interpreter's finalisation, as multiprocessing's
+    workers do (``os._exit`` once the streams are flushed): the process group is already destroyed by then,
+    but gloo's threads can still free tensors during finalisation, which aborts the process (SIGABRT,
+    "terminate called without an active exception") after every output was written, and torchrun then
+    reports the whole run failed.
+    """
+    code = main()
+    from nad import distributed
+
+    if distributed.launched():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def one_line(exc: BaseException) -> str:
     """An exception as one line: an OSError with its file, anything else with newlines folded."""
     if isinstance(exc, MemoryError):
