@@ -27,6 +27,7 @@ def test_erase_runs_every_registered_defense(tmp_path):
     from nad.api import erase, select_clean
     from nad.data import load_data
     from nad.defenses import DEFENSES
+    from nad.defenses.settings import nested_defenses
     from nad.models import build_classifier
     from nad.models.checkpoint import ModelInfo
     from nad.training import TrainConfig
@@ -35,13 +36,18 @@ def test_erase_runs_every_registered_defense(tmp_path):
     model = build_classifier(ModelInfo("small_cnn", 10, (1, 16, 16)))
     clean = select_clean(load_data("digits"), 0.05, 0)
     short = TrainConfig(epochs=1, batch_size=32)
-    for name, cls in DEFENSES.items():
-        cfg = cls.Config()
+
+    def tiny(cfg):  # every schedule short, in the defense's own config and in those of defenses it runs
         for field_name, value in vars(cfg).items():
             if isinstance(value, TrainConfig):
                 cfg = replace(cfg, **{field_name: short})
+            elif field_name in nested_defenses(cfg):
+                cfg = replace(cfg, **{field_name: tiny(value)})
         for field_name, small in (("teacher_epochs", 1), ("iterations", 2), ("rounds", 1)):
             if hasattr(cfg, field_name):
                 cfg = replace(cfg, **{field_name: small})
-        result = erase(model, clean, cls(cfg), baseline=False, quiet=True)
+        return cfg
+
+    for name, cls in DEFENSES.items():
+        result = erase(model, clean, cls(tiny(cls.Config())), baseline=False, quiet=True)
         assert result.model is not model, name

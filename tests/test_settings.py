@@ -16,7 +16,14 @@ from nad.cli import build_parser
 from nad.commands import defense_from_args
 from nad.defenses import DEFENSES
 from nad.defenses.anp import ANPConfig
-from nad.defenses.settings import RunSettings, apply_settings, config_seed, defense_config, schedules
+from nad.defenses.settings import (
+    RunSettings,
+    apply_settings,
+    config_seed,
+    defense_config,
+    nested_defenses,
+    schedules,
+)
 from nad.errors import NadError
 from nad.training import TrainConfig
 
@@ -40,10 +47,11 @@ def test_bf16_reaches_every_loop_or_is_refused(name):
     except NadError as exc:
         assert name in ("anp", "ibau") and "fp32" in str(exc)
         return
-    found = schedules(config)
+    configs = [config, *(getattr(config, key) for key in nested_defenses(config))]  # auto: nc's and anp_ft's
+    found = [(c, key) for c in configs for key in schedules(c)]
     assert found, f"{name} took --precision but has no schedule to run it in"
-    for key in found:
-        assert (config if key == "" else getattr(config, key)).precision == "bf16"
+    for c, key in found:
+        assert (c if key == "" else getattr(c, key)).precision == "bf16"
 
 
 def test_flags_a_defense_cannot_honour_are_refused():

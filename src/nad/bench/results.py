@@ -46,6 +46,7 @@ PRETTY = {
     "sau": "SAU",
     "ft_sam": "FT-SAM",
     "nc": "NC",
+    "auto": "Auto",
 }
 
 

@@ -1,7 +1,8 @@
 """Backdoor defenses behind one interface: ``DEFENSES[name](config).repair(model, clean)``."""
 
-from nad.defenses import anp, fine_pruning, finetune, fst, ft_sam, ibau, mcr, nad, nc, sau  # noqa: F401  (register the defenses)
+from nad.defenses import anp, auto, fine_pruning, finetune, fst, ft_sam, ibau, mcr, nad, nc, sau  # noqa: F401  (register the defenses)
 from nad.defenses.anp import ANP, ANPConfig, ANPFineTune, ANPFineTuneConfig
+from nad.defenses.auto import Auto, AutoConfig
 from nad.defenses.base import Defense, Repair
 from nad.defenses.fine_pruning import FinePruning, FinePruningConfig
 from nad.defenses.finetune import FineTune
@@ -26,6 +27,8 @@ __all__ = [
     "ANPConfig",
     "ANPFineTune",
     "ANPFineTuneConfig",
+    "Auto",
+    "AutoConfig",
     "Defense",
     "FSTConfig",
     "FTSAMConfig",

@@ -96,18 +96,31 @@ class NeuralCleanse(Defense):
         fine_tuned: Classifier | None = None,
     ) -> Repair:
         start = time.perf_counter()
-        cfg = self.config
-        found = scan(model, clean, replace(cfg.scan, seed=cfg.train.seed, precision=cfg.train.precision), quiet)
-        log = {
-            "flagged": found.trigger_flagged,
-            "scan": found.to_json(),
-            "seconds": {"scan": time.perf_counter() - start},
-        }
+        found = scan(model, clean, self.scan_config(), quiet)
+        return self.unlearn(model, clean, found, time.perf_counter() - start, quiet, monitor)
+
+    def scan_config(self) -> ScanConfig:
+        """The scan this defense detects with: ``scan`` with the schedule's seed and precision."""
+        cfg: NCConfig = self.config
+        return replace(cfg.scan, seed=cfg.train.seed, precision=cfg.train.precision)
+
+    def unlearn(
+        self,
+        model: Classifier,
+        clean: ImageData,
+        found: ScanResult,
+        scan_seconds: float,
+        quiet: bool = False,
+        monitor: Monitor | None = None,
+    ) -> Repair:
+        """Step 2 on the result of step 1: ``model`` fine-tuned to ignore the triggers ``found`` inverted."""
+        start = time.perf_counter()
+        log = {"flagged": found.trigger_flagged, "scan": found.to_json(), "seconds": {"scan": scan_seconds}}
         student = model.clone()
         if not found.trigger_flagged:  # nothing found, nothing to unlearn: the official code returns the model as it is
             return Repair(student, {**log, "unlearned": False})
-        data = unlearning_set(clean, found, cfg)
+        data = unlearning_set(clean, found, self.config)
         hook = epoch_hook(monitor, "nc", student)
-        history = train(student, data, cfg.train, cross_entropy, desc="nc", quiet=quiet, on_epoch=hook)
-        log["seconds"]["unlearn"] = time.perf_counter() - start - log["seconds"]["scan"]
+        history = train(student, data, self.config.train, cross_entropy, desc="nc", quiet=quiet, on_epoch=hook)
+        log["seconds"]["unlearn"] = time.perf_counter() - start
         return Repair(student, {**log, "unlearned": True, "unlearning_images": len(data), "history": history.epochs})

@@ -41,8 +41,25 @@ def schedules(config: Any) -> list[str]:
     return [f.name for f in dataclasses.fields(config) if isinstance(getattr(config, f.name), TrainConfig)]
 
 
+def nested_defenses(config: Any) -> list[str]:
+    """The fields of ``config`` that are whole defense configurations with schedules of their own (``auto``'s
+    ``nc`` and ``anp_ft``), for a defense that runs other defenses."""
+    if isinstance(config, TrainConfig) or not dataclasses.is_dataclass(config):
+        return []
+    return [
+        f.name
+        for f in dataclasses.fields(config)
+        if dataclasses.is_dataclass(value := getattr(config, f.name))
+        and not isinstance(value, TrainConfig)
+        and schedules(value)
+    ]
+
+
 def apply_settings(config: Any, settings: RunSettings, name: str) -> Any:
-    """``config`` with ``settings`` in every schedule it has (and ``seed`` in a top-level ``seed`` field)."""
+    """``config`` with ``settings`` in every schedule it has (and ``seed`` in a top-level ``seed`` field); a
+    defense made of other defenses' configurations passes them to each of those."""
+    if not schedules(config) and (nested := nested_defenses(config)):
+        return replace(config, **{k: apply_settings(getattr(config, k), settings, f"{name}.{k}") for k in nested})
     found = schedules(config)
     main = "" if "" in found else "train" if "train" in found else None
     if settings.epochs is not None and main is None:
@@ -107,4 +124,7 @@ def config_seed(config: Any) -> int:
     if isinstance(getattr(config, "seed", None), int):
         return config.seed
     train = getattr(config, "train", None)
-    return train.seed if isinstance(train, TrainConfig) else 0
+    if isinstance(train, TrainConfig):
+        return train.seed
+    nested = nested_defenses(config)
+    return config_seed(getattr(config, nested[0])) if nested else 0
