@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from nad.api import SCRATCH
 from nad.attacks import parse_attack
-from nad.bench.config import load_bench
+from nad.bench.config import Study, load_bench
 from nad.bench.grid import ModelSpec, key_dict
 from nad.cli import main
 from nad.data.augment import NO_AUGMENT
@@ -50,6 +51,16 @@ def test_standard_profile_keeps_the_committed_paper_grid_keys():
     assert key_dict(unshuffled)["train"]["shuffle"] is False
     standard = next(s for s in cfg.all_studies() if s.profile == "standard")
     assert cfg.model_train(standard) == load_profile("standard")
+
+
+def test_the_cosine_study_takes_the_zoo_models_trained_in_bf16():
+    """``cosine``'s models are ``nad train``'s default recipe in bf16 (the zoo's ``--precision bf16``)."""
+    cfg = load_bench("paper-cifar10")
+    cosine = next(s for s in cfg.all_studies() if s.name == "cosine")
+    assert cfg.model_train(cosine) == replace(load_profile("cosine"), precision="bf16")
+    assert cosine.attacks == ("badnets", "blend")
+    with pytest.raises(NadError, match="precision"):
+        Study("x", ("nad",), profile="cosine", precision="fp16")
 
 
 def test_nad_train_profile_and_overrides_are_recorded(tmp_path):

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from nad.api import SCRATCH
 from nad.config import from_mapping, load_yaml
 from nad.errors import NadError
 from nad.models.checkpoint import is_user_code
-from nad.training import TrainConfig, load_profile
+from nad.training import Precision, TrainConfig, load_profile
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,13 @@ class Study:
     attacks: tuple[str, ...] = ()
     baseline: str | None = None
     profile: str | None = None
+    precision: Precision | None = None  # the models' training precision, when not the profile's
 
     def __post_init__(self) -> None:
         if self.profile is not None:
             load_profile(self.profile)  # an unknown profile is refused when the bench is read
+        if self.precision not in (None, *get_args(Precision)):
+            raise NadError(f"study {self.name}: precision must be one of {', '.join(get_args(Precision))}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class BenchConfig:
     def model_train(self, study: Study) -> TrainConfig:
         """How the backdoored models of ``study`` train: its profile, else the bench's ``train``."""
         train = load_profile(study.profile) if study.profile else self.train
+        if study.precision is not None:
+            train = replace(train, precision=study.precision)
         return train if self.model_epochs is None else replace(train, epochs=self.model_epochs)
 
     def all_studies(self) -> tuple[Study, ...]:
