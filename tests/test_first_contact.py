@@ -51,8 +51,9 @@ def test_the_verdict_compares_with_finetuning_and_warns_on_damage():
     }
     lines = erase_verdict(summary, 10)
     assert lines[-2].endswith("class 0 still stands out after the defense")
-    assert lines[-1].startswith("hint: --defense nc unlearns the trigger the scan inverts for class 0 ")
-    assert not erase_verdict({**summary, "config": {"defense": "nc:train.epochs=20"}}, 10)[-1].startswith("hint")
+    assert lines[-1].startswith("hint: class 0 still stands out; --defense auto ")
+    for chosen in ("nc:train.epochs=20", "auto"):  # already the defense the hint names
+        assert not erase_verdict({**summary, "config": {"defense": chosen}}, 10)[-1].startswith("hint")
     summary["scan"]["after"] = {"flagged": [9]}  # a new class after the defense is no evidence left behind
     assert not erase_verdict(summary, 10)[-1].startswith("hint")
     page = erase_report({**summary, "scan": None, "verdict": erase_verdict(summary, 10)}, {}, None)

@@ -124,7 +124,7 @@ ACC_DROP_WARNING = 10.0
 def erase_verdict(summary: dict[str, Any], num_classes: int) -> list[str]:
     """What the run did, in a few lines: accuracy kept and attack success, each beside fine-tuning's, the
     scan's verdict, and a WARNING line when the defense cost more than ``ACC_DROP_WARNING`` points of clean
-    accuracy or left it near chance, and a hint to try ``nc`` when a class the scan flagged before the defense
+    accuracy or left it near chance, and a hint to try ``auto`` when a class the scan flagged before the defense
     still stands out after it. Empty without scores or a scan."""
     name = summary.get("config", {}).get("defense", "defense")
     before, after, finetune = summary.get("before"), summary.get("after"), summary.get("finetune")
@@ -153,13 +153,13 @@ def erase_verdict(summary: dict[str, Any], num_classes: int) -> list[str]:
         remaining = sorted(
             set(scan.get("before", {}).get("flagged", [])) & set(scan.get("after", {}).get("flagged", []))
         )
-        if remaining and name.split(":")[0] != "nc":
+        if remaining and name.split(":")[0] not in ("nc", "auto"):
             # Measured: on models trained with augmentation, fine-tuning and NAD keep such backdoors where
-            # unlearning the inverted trigger removes them (docs/defenses.md).
+            # unlearning the inverted trigger, or ANP+FT where none is inverted, removes them (docs/defenses.md).
             classes = ", ".join(map(str, remaining))
             lines.append(
-                f"hint: --defense nc unlearns the trigger the scan inverts for class {classes} (Neural Cleanse; "
-                "see docs/defenses.md)"
+                f"hint: class {classes} still stands out; --defense auto unlearns the trigger the scan inverts "
+                "(Neural Cleanse), or prunes with ANP and fine-tunes where none is inverted (see docs/defenses.md)"
             )
     return lines
 
