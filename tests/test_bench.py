@@ -66,6 +66,16 @@ def bench_run(tmp_path_factory):
     return cfg, out, outcome
 
 
+def test_a_cell_keeps_what_the_defense_decided(tmp_path):
+    """ANP's pruned count (chosen by its threshold) is kept in the row, not only its scores."""
+    text = DIGITS_YAML.replace("defenses: [none, finetune]", "defenses: [anp]")
+    cfg = digits_config(tmp_path, text.replace("  finetune: {epochs: 1, batch_size: 16}", "  anp: {iterations: 2}"))
+    run_bench(replace(cfg, seeds=(0,)), tmp_path / "out", quiet=True)
+    (row,) = lines_of(tmp_path / "out" / RESULTS)
+    assert set(row["decisions"]) == {"pruned", "below_threshold"}
+    assert 0 <= row["decisions"]["pruned"] == row["decisions"]["below_threshold"]  # no max_drop: all of them
+
+
 def copy_run(bench_run, tmp_path: Path, results: bool = True) -> Path:
     _, out, _ = bench_run
     target = tmp_path / "out"
@@ -154,6 +164,7 @@ def test_run_writes_every_cell_once(bench_run):
         assert {"acc", "asr", "ra", "der", "seconds", "config", "before", "acc_nontarget"} <= set(row)
         assert 0 <= row["acc"] <= 100 and 0 <= row["asr"] <= 100 and row["seconds"] >= 0
         assert (row["der"] is None) == (row["defense"] == "none")
+        assert row["decisions"] == {}  # fine-tuning decides nothing of its own
     assert len(list((out / "models").glob("*/model.safetensors"))) == 2
     assert not list((out / "models").glob(".partial-*"))
 

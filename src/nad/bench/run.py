@@ -107,7 +107,7 @@ class Runner:
             self.before[cached.key] = measure(cached.model, self.data.test, cached.attack)
         before = self.before[cached.key]
         after: dict[str, float | None] | None = before
-        error, clean_size = None, None
+        error, clean_size, decisions = None, None, {}
         if cell.defense_config is not None:
             phase(cell.defense_name)
             clean = select_clean(self.data.train, cell.clean_ratio or 0.0, cell.seed)
@@ -115,9 +115,10 @@ class Runner:
             defense = cell.make_defense()
             defense.check(cached.model, clean)
             try:
-                repaired = defense.repair(cached.model, clean, quiet=self.quiet).model
+                repair = defense.repair(cached.model, clean, quiet=self.quiet)
+                decisions = {k: repair.log[k] for k in DECISIONS if k in repair.log}
                 phase("scoring")
-                after = measure(repaired, self.data.test, cached.attack)
+                after = measure(repair.model, self.data.test, cached.attack)
             except NonFiniteLoss as exc:  # a diverging configuration is a result, not a crash of the grid
                 after, error = None, str(exc)
         der = None
@@ -139,6 +140,7 @@ class Runner:
             "model_seconds": cached.seconds,
             "model_trained": trained_now,
             "clean_size": clean_size,
+            "decisions": decisions,
             "config": self.config_of(cell),
         }
 
@@ -152,6 +154,11 @@ class Runner:
             "defense_config": defense,
             "quick": self.cfg.quick,
         }
+
+
+#: What a defense decided on its own, kept in a cell's row from its log: ``auto``'s route, the classes the scan
+#: flagged and whether ``nc`` unlearned, how many neurons ANP pruned.
+DECISIONS = ("route", "flagged", "unlearned", "pruned", "below_threshold", "val_size")
 
 
 def clock(seconds: float) -> str:
