@@ -58,9 +58,9 @@ def nested_defenses(config: Any) -> list[str]:
 def apply_settings(config: Any, settings: RunSettings, name: str) -> Any:
     """``config`` with ``settings`` in every schedule it has (and ``seed`` in a top-level ``seed`` field); a
     defense made of other defenses' configurations passes them to each of those."""
-    if not schedules(config) and (nested := nested_defenses(config)):
-        return replace(config, **{k: apply_settings(getattr(config, k), settings, f"{name}.{k}") for k in nested})
     found = schedules(config)
+    if not found and (nested := nested_defenses(config)):
+        return replace(config, **{k: apply_settings(getattr(config, k), settings, f"{name}.{k}") for k in nested})
     main = "" if "" in found else "train" if "train" in found else None
     if settings.epochs is not None and main is None:
         raise NadError(f"--epochs does not apply to {name}, which has no training schedule (see nad defenses)")
