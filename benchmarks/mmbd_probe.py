@@ -28,6 +28,7 @@ from torch import Tensor
 
 from benchmarks.common import report
 from nad.models.checkpoint import Classifier, load_model
+from nad.scan import anomaly_index
 
 
 def margins(clf: Classifier, x: Tensor, targets: Tensor) -> Tensor:
@@ -71,9 +72,7 @@ def gamma_p_value(stats: list[float]) -> float | None:
 def probe(name: str) -> dict[str, Any]:
     start = time.perf_counter()
     stats = max_margins(load_model(f"zoo/{name}"))
-    median = stats.median()
-    mad = 1.4826 * (stats - median).abs().median()
-    index = ((stats - median) / mad).tolist()
+    index = anomaly_index(stats.tolist(), low=False, floor=0.0)
     top = int(stats.argmax())
     return {
         "model": name,
