@@ -9,7 +9,7 @@ from helpers import random_images
 from PIL import Image
 
 from nad.attacks import ATTACKS, parse_attack
-from nad.attacks.refool import REFLECTIONS_FILE, Refool, gaussian_blur, shift
+from nad.attacks.refool import REFLECTIONS_FILE, Refool, fit_images, gaussian_blur, shift
 from nad.errors import NadError
 
 
@@ -191,8 +191,13 @@ def test_photo_pool_is_natural_crops_at_four_times_cifar_resolution(tmp_path):
     assert float((pool[..., 1:].float() - pool[..., :-1].float()).abs().mean()) < 20
     data = small(30)
     attack = parse_attack("refool:select_rounds=0,count=12").prepare(data, tmp_path)
-    assert attack.reflections == REFLECTIONS_FILE and torch.equal(attack.pool(), pool)
     assert bool((attack.apply(data.x[:4]) != data.x[:4]).flatten(1).any(1).all())
+    # The pool travels at the images' size (what every blend resizes it to), and gives the same triggers.
+    assert attack.reflections == REFLECTIONS_FILE and torch.equal(attack.pool(), fit_images(pool, data.image_shape))
+    reloaded = parse_attack(attack.spec()).rebase(tmp_path)
+    assert reloaded.pool().shape == (12, *data.image_shape)
+    assert torch.equal(reloaded.apply(data.x[:6]), attack.apply(data.x[:6]))
+    assert torch.equal(attack.apply(data.x[:6]), attack._with_pool(pool).apply(data.x[:6]))
 
 
 @pytest.mark.slow
