@@ -346,3 +346,21 @@ def test_cl_version_2_attacks_a_wrn_surrogate_and_has_its_own_bench_key():
     old = ModelSpec("cifar10:x", 0, "wrn16_1", {}, "cifar10", "cl", TrainConfig())
     new = ModelSpec("cifar10:x", 0, "wrn16_1", {}, "cifar10", "cl", TrainConfig(), LabelConsistent.version)
     assert new.key != old.key
+
+
+def test_cl_keeps_its_surrogate_in_the_run_folder_for_a_resumed_run(tmp_path, monkeypatch):
+    import nad.attacks.surrogate
+
+    data = random_images(32, size=16, num_classes=4)
+    attack = LabelConsistent(steps=2, surrogate_epochs=1, surrogate="small_cnn")
+    first = attack.prepare(data, tmp_path)
+    assert (tmp_path / "cl-surrogate.safetensors").is_file() and (tmp_path / "cl-surrogate.json").is_file()
+    assert first.spec() == attack.spec()  # the recorded spec does not name the file
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the surrogate was trained again")
+
+    monkeypatch.setattr(nad.attacks.surrogate, "train", no_training)
+    resumed = attack.prepare(data, tmp_path)
+    x, y = data.x[:8], data.y[:8]
+    assert torch.equal(resumed.poison_images(x, y), first.poison_images(x, y))

@@ -16,8 +16,10 @@ horizontal flips. White squares add ``amplitude * 255`` to the pixel and black o
 The perturbation is computed against ``model`` (a nad model folder or weights file) or, when it is not
 given, a surrogate trained on the clean training set in :meth:`~nad.attacks.base.Attack.prepare`
 (``surrogate`` architecture for ``surrogate_epochs`` epochs with the ``nad train`` schedule, seeded by
-``seed``), kept in memory only for poisoning. Turner et al. attack an adversarially trained model, whose
-perturbations carry more class-relevant features; pass one with ``model=`` to follow them exactly.
+``seed``), kept in memory for poisoning and, in a run's folder (``nad train --out``), saved as
+``cl-surrogate.safetensors`` so that a resumed run does not train it again. Turner et al. attack an
+adversarially trained model, whose perturbations carry more class-relevant features; pass one with
+``model=`` to follow them exactly.
 
 Parameters (besides ``target``, ``seed`` and ``mode``, which must be ``all2one``):
 
@@ -61,6 +63,7 @@ from nad.errors import NadError
 from nad.models.checkpoint import Classifier
 
 CHUNK = 256  # images per PGD batch
+SURROGATE_STEM = "cl-surrogate"  # the surrogate a run trained, kept in its folder for a resumed run
 
 
 @lru_cache(maxsize=8)
@@ -131,11 +134,16 @@ class LabelConsistent(CleanLabelAttack):
 
     # -- poisoning --------------------------------------------------------------------------------------
     def prepare(self, data: ImageData, workdir: Path | None = None) -> LabelConsistent:
-        """Load ``model`` or train the surrogate on the clean ``data``; return an attack that holds it."""
+        """Load ``model`` or train the surrogate on the clean ``data``; return an attack that holds it.
+
+        With ``workdir`` a trained surrogate is kept there (``cl-surrogate.safetensors``), so a resumed run
+        reads it back instead of training it again; the recorded spec does not change.
+        """
         self.check(data.num_classes, data.image_shape)
         if self._model is not None:
             return self
-        clf = attack_model(self.model, data, self.surrogate, self.surrogate_epochs, self.seed, "cl")
+        cache = None if workdir is None else Path(workdir) / SURROGATE_STEM
+        clf = attack_model(self.model, data, self.surrogate, self.surrogate_epochs, self.seed, "cl", cache)
         if clf.info.num_classes != data.num_classes:
             raise NadError(f"cl: model {self.model} has {clf.info.num_classes} classes, the data {data.num_classes}")
         out = dataclasses.replace(self)
