@@ -76,9 +76,30 @@ def row(folder: Path) -> str:
     return "| " + " | ".join([*cells, command(folder.name, config)]) + " |"
 
 
+def still_training() -> str:
+    """A line per model whose staging folder (``zoo/.NAME.nad-partial``) holds a saved training state: a
+    model too long for one sitting, committed part-trained so that ``--resume`` finishes it later."""
+    import torch
+
+    lines = []
+    for stage in sorted(ZOO.glob(".*.nad-partial")):
+        state = stage / "train-state.pt"
+        if not state.is_file():
+            continue
+        done = int(torch.load(state, map_location="cpu", weights_only=True)["epochs_done"])
+        name = stage.name[1 : -len(".nad-partial")]
+        profile, _, attack = name.partition("-")
+        lines.append(
+            f"- `{name}`: {done} epochs done, in `zoo/{stage.name}` (its training state and what its attack "
+            f"prepared); `zoo/build.sh {profile} {attack}` resumes it."
+        )
+    return "\nStill training:\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def main() -> None:
     folders = sorted(p for p in ZOO.iterdir() if (p / "results.json").is_file())
-    (ZOO / "README.md").write_text(HEADER + "\n".join(row(f) for f in folders) + "\n" + FOOTER)
+    table = HEADER + "\n".join(row(f) for f in folders) + "\n"
+    (ZOO / "README.md").write_text(table + still_training() + FOOTER)
     print(f"wrote {ZOO / 'README.md'}: {len(folders)} models")
 
 
