@@ -15,7 +15,8 @@ HEADER = """# The model zoo
 
 WRN-16-1 models trained on CIFAR-10 (the shared JPEG-decoded copy: `python ../shared/data/cifar10/prepare.py
 data/cifar10`), one per attack and training profile, plus a clean control per profile. Each folder is a
-`nad train` output (`model.safetensors`, `model.json`, `results.json`; Trojan's also holds its trigger), so
+`nad train` output (`model.safetensors`, `model.json`, `results.json`; Trojan's also holds its trigger,
+Refool's its reflection pool and CL's the surrogate its perturbations were computed against), so
 `nad eval zoo/NAME --data cifar10:data/cifar10` and `nad erase zoo/NAME --clean cifar10:data/cifar10 --out DIR`
 work as they are, and `nad bench` takes them instead of training (`--zoo`, default `./zoo`) wherever a
 bench asks for a model trained exactly this way. `zoo/build.sh PROFILE [NAME ...]` trains the missing ones.
