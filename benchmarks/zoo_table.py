@@ -7,6 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import torch
+
 from nad.training import load_profile
 
 ZOO = Path("zoo")
@@ -80,8 +82,6 @@ def row(folder: Path) -> str:
 def still_training() -> str:
     """A line per model whose staging folder (``zoo/.NAME.nad-partial``) holds a saved training state: a
     model too long for one sitting, committed part-trained so that ``--resume`` finishes it later."""
-    import torch
-
     lines = []
     for stage in sorted(ZOO.glob(".*.nad-partial")):
         state = stage / "train-state.pt"
