@@ -13,6 +13,9 @@ A model already done in ``OUT`` is read back, not rerun. The table goes to ``ben
 
 ``--scan-only`` runs ``nad scan zoo/NAME --clean DATA --out OUT/NAME--scan`` instead (no defense): the verdict
 and the index of the target class by each of the three measures (``benchmarks/results/scan-only.json``).
+
+Rows accumulate: a run over some models replaces their rows in the committed table and keeps the others (a
+model added to the zoo is scanned alone, not the whole zoo again); the table is in the zoo's name order.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import report
+from benchmarks.common import RESULTS, report
 
 ZOO = Path("zoo")
 
@@ -119,6 +122,20 @@ def markdown(rows: list[dict[str, Any]], defense: str = "nad") -> str:
     return "\n".join(lines)
 
 
+def merged(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` over the committed table ``name``'s rows of other models, in model-name order."""
+    path = RESULTS / f"{name}.json"
+    kept = json.loads(path.read_text())["rows"] if path.is_file() else []
+    by_model = {r["model"]: r for r in kept} | {r["model"]: r for r in rows}
+    return [by_model[m] for m in sorted(by_model, key=zoo_order)]
+
+
+def zoo_order(model: str) -> tuple[str, str]:
+    """Profile, then clean before the attacks (``standard-clean`` heads the ``standard`` rows)."""
+    profile, _, attack = model.partition("-")
+    return profile, "" if attack == "clean" else attack
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="zoo models (default: all)")
@@ -129,12 +146,12 @@ def main() -> None:
     args = parser.parse_args()
     names = args.names or sorted(p.name for p in ZOO.iterdir() if (p / "model.safetensors").is_file())
     if args.scan_only:
-        rows = [scan_only(name, args.data, args.out) for name in names]
+        rows = merged("scan-only", [scan_only(name, args.data, args.out) for name in names])
         report("scan-only", {"data": args.data, "rows": rows})
         print(scan_markdown(rows))
         return
-    rows = [row(name, erase(name, args.data, args.out, args.defense)) for name in names]
     name = "scan-zoo" if args.defense == "nad" else f"scan-zoo-{slug(args.defense)}"
+    rows = merged(name, [row(model, erase(model, args.data, args.out, args.defense)) for model in names])
     report(name, {"data": args.data, "defense": args.defense, "rows": rows})
     print(markdown(rows, args.defense))
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from nad.bench import BenchConfig, Shard, expand, load_bench, run_bench
 from nad.bench.config import Study
-from nad.bench.grid import CellFilter, study_cells
+from nad.bench.grid import CellFilter, resolve_defense, study_cells
 from nad.bench.render import NONTARGET_CAPTION, markdown, report_html
 from nad.bench.results import RESULTS, read_rows, study_table
 from nad.bench.run import clock
@@ -119,6 +119,18 @@ def test_cell_ids_follow_the_configuration_not_the_labels(tmp_path):
     studies = (Study("a", ("none", "finetune")), Study("b", ("finetune:epochs=1",)))
     both = replace(cfg, studies=studies)
     assert len(expand(both)) == len(expand(cfg))
+
+
+def test_a_purified_teacher_gets_the_bench_parameters_of_its_own_defense(tmp_path):
+    cfg = digits_config(tmp_path, defense_params={"fst": {"train": {"epochs": 2}}, "nad": {"teacher_epochs": 1}})
+    assert resolve_defense("nad:teacher=fst", cfg, seed=0)[1].teacher == "fst:train.epochs=2"
+    assert resolve_defense("nad", cfg, seed=0)[1].teacher == "finetune"  # the paper's: NAD's own teacher_epochs
+    # the teacher spec's own parameters come last, as a spec's always do
+    spelled = "nad:teacher=fst:train.epochs=5"
+    assert resolve_defense(spelled, cfg, seed=0)[1].teacher == "fst:train.epochs=5"
+    # no parameters for the teacher's defense: its spec is left as written, and so is the cell id
+    plain = digits_config(tmp_path, defenses=("nad:teacher=fst",))
+    assert resolve_defense("nad:teacher=fst", plain, seed=0)[1].teacher == "fst"
 
 
 def test_shard_parse():

@@ -200,7 +200,26 @@ def resolve_defense(spec: str, cfg: BenchConfig, seed: int) -> tuple[str, Any]:
         if params:
             raise NadError(f"defense {spec!r}: 'none' takes no parameters")
         return NONE, None
-    return defense_config(spec, RunSettings(seed=seed), params=flatten(cfg.defense_params.get(name, {})))
+    name, config = defense_config(spec, RunSettings(seed=seed), params=flatten(cfg.defense_params.get(name, {})))
+    return name, with_inner_params(config, cfg)
+
+
+def with_inner_params(config: Any, cfg: BenchConfig) -> Any:
+    """``config`` whose fields that name another defense (``metadata={"defense_spec": True}``: NAD's
+    ``teacher``) carry the bench's ``defense_params`` for that defense under the spec's own, so that
+    ``--quick``'s short schedules reach a purified teacher too. A field left at its default (the paper's
+    fine-tuned teacher, run by NAD's own ``teacher_epochs``) is left alone."""
+    if not dataclasses.is_dataclass(config):
+        return config
+    updates = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not f.metadata.get("defense_spec") or value == f.default:
+            continue
+        inner, own = split_spec(value)
+        if extra := flatten(cfg.defense_params.get(inner, {})):
+            updates[f.name] = f"{inner}:" + ",".join(f"{k}={v}" for k, v in {**extra, **own}.items())
+    return dataclasses.replace(config, **updates) if updates else config
 
 
 def data_specs(cfg: BenchConfig) -> tuple[str, str, str]:

@@ -17,7 +17,9 @@ works; without names, the architecture's registered layers are used, else ``atte
 Extension (not in the paper): ``teacher`` names where the teacher comes from. The paper's is a plain
 fine-tune, which on models trained with augmentation keeps much of the backdoor, and a student distilled
 towards it can be no cleaner; ``nad:teacher=fst`` (or ``sau``, ``ft_sam``, ``anp``, ``ibau``) distils the
-attention of a model another defense purified instead. ``teacher_epochs`` applies to the fine-tuned teacher only.
+attention of a model another defense purified instead. ``teacher_epochs`` applies to the fine-tuned teacher only;
+a purified teacher runs with its defense's defaults and the spec's own parameters (``teacher=fst:train.epochs=5``),
+to which a bench adds its ``defense_params`` for that defense (so ``--quick`` shortens it too).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class NADConfig:
     # Where the teacher comes from: "finetune" (the paper: ``teacher_epochs`` of ``train``'s schedule), or
     # another defense's spec ("fst", "sau", "ft_sam", "anp", "ibau", "fst:alpha=0.2"), run with its own
     # defaults and this run's seed, precision and layout. Hashed only when changed, so earlier keys stay.
-    teacher: str = field(default="finetune", metadata={"hash": "when-changed"})
+    teacher: str = field(default="finetune", metadata={"hash": "when-changed", "defense_spec": True})
 
     def __post_init__(self) -> None:
         if self.betas and self.layers and len(self.betas) != len(self.layers):
