@@ -3,10 +3,11 @@
     python -m benchmarks.scan [--model zoo/reference-badnets] [--data cifar10:data/cifar10]
                               [--precision fp32|bf16] [--device cpu|cuda]
 
-The scan's work with defaults: ``steps`` (150) trigger-inversion steps, ``uap_steps`` (20) perturbation
-steps and ``neuron_steps`` (5) neuron-perturbation steps, each a forward and a backward pass (to the input or
-the BatchNorm noise only: the weights are frozen) of ``batch`` (24) images per class, then ``holdout`` (256)
-forward passes per class for each of the two perturbations. The floor is that many passes at the rates of
+The scan's work with defaults: ``steps`` (150) trigger-inversion steps, ``uap_steps`` (20) steps for each of
+the three universal perturbations (free, column stripes, row stripes) and ``neuron_steps`` (5)
+neuron-perturbation steps, each a forward and a backward pass (to the input or the BatchNorm noise only: the
+weights are frozen) of ``batch`` (24) images per class, then ``holdout`` (256) forward passes per class for
+each of the four perturbations. The floor is that many passes at the rates of
 the same model's bare forward+backward and forward on random tensors of the scan's batch size.
 """
 
@@ -57,8 +58,9 @@ def main() -> None:
     clean = select_clean(load_data(args.data, "train").to(device), 0.05, 0, k)
     result = scan(clf, clean, cfg, quiet=True)
     backward_rate, forward_rate = bare_rates(clf, cfg, k * cfg.batch, device)
-    passes = (cfg.steps + cfg.uap_steps + cfg.neuron_steps) * k * cfg.batch
-    floor = passes / backward_rate + 2 * k * cfg.holdout / forward_rate
+    perturbations = 3 if cfg.stripe_eps else 1  # the free one, and the column and row stripes
+    passes = (cfg.steps + perturbations * cfg.uap_steps + cfg.neuron_steps) * k * cfg.batch
+    floor = passes / backward_rate + (perturbations + 1) * k * cfg.holdout / forward_rate
     report(
         f"scan-{device.type}-{args.precision}",
         {
@@ -70,6 +72,7 @@ def main() -> None:
             "verdict": result.verdict,
             "nc_index": [round(v, 2) for v in result.nc_index],
             "uap_index": [round(v, 2) for v in result.uap_index],
+            "stripe_index": [round(v, 2) for v in result.stripe_index],
         },
     )
 

@@ -57,7 +57,10 @@ def scan_only(name: str, data: str, out: Path) -> dict[str, Any]:
         "model": name,
         "target": 0 if attack else None,  # every zoo attack targets class 0
         "flagged": scan["flagged"],
-        "indices_of_0": {key: round(scan[key][0], 2) for key in ("nc_index", "uap_index", "neuron_index")},
+        "indices_of_0": {
+            key: round(scan[key][0], 2) for key in ("nc_index", "uap_index", "neuron_index", "stripe_index")
+        },
+        "false_flags": [c for c in scan["flagged"] if not attack or c != 0],
         "seconds": round(scan["seconds"], 1),
         "verdict": scan["verdict"],
     }
@@ -65,8 +68,8 @@ def scan_only(name: str, data: str, out: Path) -> dict[str, Any]:
 
 def scan_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | flagged | NC index of 0 | UAP index of 0 | ANP index of 0 | named? |",
-        "|---|---|---|---|---|---|",
+        "| model | flagged | NC index of 0 | UAP index of 0 | ANP index of 0 | stripe index of 0 | named? |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["target"] is None:
@@ -76,7 +79,7 @@ def scan_markdown(rows: list[dict[str, Any]]) -> str:
         i = r["indices_of_0"]
         lines.append(
             f"| `{r['model']}` | {', '.join(map(str, r['flagged'])) or 'none'} | {i['nc_index']:.2f} "
-            f"| {i['uap_index']:.2f} | {i['neuron_index']:.2f} | {named} |"
+            f"| {i['uap_index']:.2f} | {i['neuron_index']:.2f} | {i['stripe_index']:.2f} | {named} |"
         )
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ from nad.data import load_data
 from nad.demo import DemoConfig
 from nad.errors import NadError
 from nad.models import parse_normalize
-from nad.scan import ScanComparison, ScanConfig, ScanResult, anomaly_index, logit, scan
+from nad.scan import ScanComparison, ScanConfig, ScanResult, anomaly_index, format_table, logit, scan, universal_rates
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +119,23 @@ def test_class_neuron_noise_perturbs_only_the_images_of_its_class(clean_model):
     assert changed.tolist() == [False, False, True, True, False, False]
     with torch.no_grad():
         assert torch.equal(clean_model.module(x), plain)  # the hooks are gone
+
+
+def test_a_stripe_perturbation_is_one_value_per_column_within_its_budget(clean_model):
+    clean = select_clean(load_data("digits"), 0.05, 0)
+    cfg = ScanConfig(uap_steps=3)
+    c, _, w = clean.image_shape
+    gen = torch.Generator().manual_seed(0)
+    rates, delta = universal_rates(clean_model, clean, (c, 1, w), 24 / 255, 6 / 255, cfg, gen, True, "column")
+    assert delta.shape == (10, c, 1, w) and delta.abs().max() <= 24 / 255 + 1e-6 and delta.abs().max() > 0
+    assert len(rates) == 10 and all(0 <= r <= 100 for r in rates)
+
+
+def test_the_stripe_measure_runs_last_and_changes_no_other_measure(clean_model):
+    clean = select_clean(load_data("digits"), 0.05, 0)
+    on = scan(clean_model, clean, ScanConfig(steps=3, uap_steps=3, neuron_steps=2), quiet=True)
+    off = scan(clean_model, clean, ScanConfig(steps=3, uap_steps=3, neuron_steps=2, stripe_eps=0), quiet=True)
+    assert off.stripe_success == [] and off.stripe_index == [] and len(on.stripe_index) == 10
+    for key in ("norms", "uap_success", "neuron_success"):  # the cells of nc and auto stay as recorded
+        assert getattr(on, key) == getattr(off, key)
+    assert "stripe index" in format_table(on) and "stripe index" in format_table(off)

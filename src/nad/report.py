@@ -171,21 +171,21 @@ def evidence_section(evidence: dict[str, Any] | None) -> list[str]:
     before, after = evidence["before"], evidence["after"]
 
     def cells(scan: dict[str, Any], c: int) -> str:
-        neuron = scan.get("neuron_success") or [0.0] * len(scan["norms"])  # absent from older results
-        neuron_index = scan.get("neuron_index") or [0.0] * len(scan["norms"])
         values = (scan["norms"][c], scan["nc_index"][c], scan["uap_success"][c], scan["uap_index"][c])
-        values += (neuron[c], neuron_index[c])
+        for key in ("neuron_success", "neuron_index", "stripe_success", "stripe_index"):
+            values += ((scan.get(key) or [0.0] * len(scan["norms"]))[c],)  # absent from older results
         return "".join(f"<td>{v:.{1 if i % 2 == 0 else 2}f}</td>" for i, v in enumerate(values))
 
     rows = "".join(f"<tr><td>{c}</td>{cells(before, c)}{cells(after, c)}</tr>" for c in range(len(before["norms"])))
     head = "<th>mask L1</th><th>NC index</th><th>UAP %</th><th>UAP index</th><th>ANP %</th><th>ANP index</th>"
+    head += "<th>stripe %</th><th>stripe index</th>"
     return [
         "<h2>Backdoor evidence (trigger-agnostic scan)</h2>",
         f"<p><b>{html.escape(evidence['verdict'])}</b>. Before: {html.escape(before['verdict'])}; after: "
         f"{html.escape(after['verdict'])}. A class is flagged when its inverted-trigger mask is unusually small or "
-        "its universal or its neuron perturbation unusually successful (anomaly index above "
+        "its universal, neuron or stripe perturbation unusually successful (anomaly index above "
         f"{before['threshold']:g}); see <code>nad scan</code>.</p>",
-        f'<table><tr><th></th><th colspan="6">before</th><th colspan="6">after</th></tr>'
+        f'<table><tr><th></th><th colspan="8">before</th><th colspan="8">after</th></tr>'
         f"<tr><th>class</th>{head}{head}</tr>{rows}</table>",
     ]
 

@@ -90,6 +90,8 @@ class ScanConfig:
     neuron_eps: float = field(default=0.03, metadata={"hash": "when-changed"})
     neuron_steps: int = field(default=5, metadata={"hash": "when-changed"})
     neuron_step: float = field(default=0.0075, metadata={"hash": "when-changed"})
+    # Added later still; 0 turns the stripe measure off. Its step is a quarter of it, its steps ``uap_steps``.
+    stripe_eps: float = field(default=24 / 255, metadata={"hash": "when-changed"})
     threshold: float = 2.0
     seed: int = 0
     precision: Precision = "fp32"
@@ -100,6 +102,8 @@ class ScanConfig:
             raise NadError("scan: steps, batch, uap_steps, neuron_steps, holdout and patience must be >= 1")
         if not (self.neuron_eps > 0 and self.neuron_step > 0):
             raise NadError("scan: need neuron_eps > 0 and neuron_step > 0")
+        if not 0 <= self.stripe_eps <= 1:
+            raise NadError(f"scan: stripe_eps must lie in [0, 1] (0: off), got {self.stripe_eps}")
         if not (0 < self.eps <= 1 and 0 < self.uap_step <= 1 and 0 < self.success <= 1 and self.threshold > 0):
             raise NadError("scan: need 0 < eps, uap_step, success <= 1 and threshold > 0")
         if self.precision not in ("fp32", "bf16"):
@@ -126,6 +130,8 @@ class ScanResult:
     perturbations: Tensor | None = field(default=None, repr=False)
     neuron_success: list[float] = field(default_factory=list)
     neuron_index: list[float] = field(default_factory=list)
+    stripe_success: list[float] = field(default_factory=list)
+    stripe_index: list[float] = field(default_factory=list)
 
     @property
     def trigger_flagged(self) -> list[int]:
@@ -213,6 +219,7 @@ def scan(clf: Classifier, clean: ImageData, cfg: ScanConfig = ScanConfig(), quie
         norms, reached, masks, patterns = invert_triggers(clf, clean, cfg, gen, quiet)
         success, perturbations = universal_success(clf, clean, cfg, gen, quiet)
         neuron = neuron_success(clf, clean, cfg, gen, quiet)
+        stripe = stripe_success(clf, clean, cfg, gen, quiet)  # last: the draws of the others stay as they were
     finally:
         for p, g in zip(module.parameters(), grads):
             p.requires_grad_(g)
@@ -223,7 +230,8 @@ def scan(clf: Classifier, clean: ImageData, cfg: ScanConfig = ScanConfig(), quie
     nc = anomaly_index([math.log(max(n, 0.01)) for n in norms], low=True, floor=NC_FLOOR)
     uap = anomaly_index([logit(s / 100) for s in success], low=False, floor=UAP_FLOOR)
     by_neuron = anomaly_index([logit(s / 100) for s in neuron], low=False, floor=UAP_FLOOR)
-    flagged = [k for k in range(classes) if max(nc[k], uap[k], by_neuron[k]) > cfg.threshold]
+    by_stripe = anomaly_index([logit(s / 100) for s in stripe], low=False, floor=UAP_FLOOR) if stripe else []
+    flagged = [k for k in range(classes) if max(nc[k], uap[k], by_neuron[k], *by_stripe[k : k + 1]) > cfg.threshold]
     return ScanResult(
         norms,
         reached,
@@ -238,6 +246,8 @@ def scan(clf: Classifier, clean: ImageData, cfg: ScanConfig = ScanConfig(), quie
         perturbations,
         neuron,
         by_neuron,
+        stripe,
+        by_stripe,
     )
 
 
@@ -317,17 +327,49 @@ def universal_success(
 ) -> tuple[list[float], Tensor]:
     """Per class t: the success rate (%) of one L-inf ``eps`` perturbation, found by signed-gradient steps
     on random clean images, at sending held-out clean images of other classes to t; and the perturbations."""
+    return universal_rates(clf, clean, clean.image_shape, cfg.eps, cfg.uap_step, cfg, gen, quiet, "universal")
+
+
+def stripe_success(
+    clf: Classifier, clean: ImageData, cfg: ScanConfig, gen: torch.Generator, quiet: bool
+) -> list[float]:
+    """Per class t: the better success rate (%) of two universal perturbations within ``stripe_eps`` towards
+    t, one constant down every column of the image (one value per column and channel) and one along every
+    row; ``[]`` when ``stripe_eps`` is 0 (measure off)."""
+    if cfg.stripe_eps == 0:
+        return []
+    c, h, w = clean.image_shape
+    step = cfg.stripe_eps / 4
+    columns, _ = universal_rates(clf, clean, (c, 1, w), cfg.stripe_eps, step, cfg, gen, quiet, "column stripe")
+    rows, _ = universal_rates(clf, clean, (c, h, 1), cfg.stripe_eps, step, cfg, gen, quiet, "row stripe")
+    return [max(a, b) for a, b in zip(columns, rows)]
+
+
+def universal_rates(
+    clf: Classifier,
+    clean: ImageData,
+    shape: tuple[int, ...],
+    eps: float,
+    step: float,
+    cfg: ScanConfig,
+    gen: torch.Generator,
+    quiet: bool,
+    what: str,
+) -> tuple[list[float], Tensor]:
+    """One perturbation per class of ``shape`` (broadcast over the image: ``(C, 1, W)`` is a pattern of
+    columns), ``cfg.uap_steps`` signed steps of ``step`` within L-inf ``eps`` towards the class on random
+    clean images; its success rate (%) on held-out clean images of the other classes, and the perturbations."""
     k = clf.info.num_classes
     device = clean.device
-    delta = torch.zeros(k, *clean.image_shape, device=device, requires_grad=True)
+    delta = torch.zeros(k, *shape, device=device, requires_grad=True)
     targets = torch.arange(k, device=device).repeat_interleave(cfg.batch)
-    for _ in tqdm(range(cfg.uap_steps), desc="scan: universal perturbations", disable=quiet, leave=False):
+    for _ in tqdm(range(cfg.uap_steps), desc=f"scan: {what} perturbations", disable=quiet, leave=False):
         x = draw(clean, cfg.batch, gen)
         moved = (x[None] + delta[:, None]).clamp(0, 1).flatten(0, 1)
         loss = F.cross_entropy(forward(clf, moved, cfg), targets)
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
-            delta.sub_(cfg.uap_step * grad.sign()).clamp_(-cfg.eps, cfg.eps)
+            delta.sub_(step * grad.sign()).clamp_(-eps, eps)
     rates = []
     with torch.no_grad():
         for t in range(k):
@@ -400,15 +442,16 @@ def neuron_success(
 
 
 def format_table(result: ScanResult) -> str:
-    neuron = result.neuron_success or [0.0] * len(result.norms)
-    neuron_index = result.neuron_index or [0.0] * len(result.norms)
-    head = ("class", "mask L1", "NC index", "UAP %", "UAP index", "ANP %", "ANP index")
-    lines = [" ".join(f"{h:>{w}s}" for h, w in zip(head, (5, 8, 8, 6, 9, 6, 9)))]
+    empty = [0.0] * len(result.norms)
+    neuron, neuron_index = result.neuron_success or empty, result.neuron_index or empty
+    stripe, stripe_index = result.stripe_success or empty, result.stripe_index or empty
+    head = ("class", "mask L1", "NC index", "UAP %", "UAP index", "ANP %", "ANP index", "stripe %", "stripe index")
+    lines = [" ".join(f"{h:>{w}s}" for h, w in zip(head, (5, 8, 8, 6, 9, 6, 9, 8, 12)))]
     for c in range(len(result.norms)):
         mark = "  <- flagged" if c in result.flagged else ""
         norm = f"{result.norms[c]:8.1f}" if result.reached[c] else f"{'>' + str(int(result.norms[c])):>8s}"
         lines.append(
             f"{c:5d} {norm} {result.nc_index[c]:8.2f} {result.uap_success[c]:6.1f} {result.uap_index[c]:9.2f}"
-            f" {neuron[c]:6.1f} {neuron_index[c]:9.2f}{mark}"
+            f" {neuron[c]:6.1f} {neuron_index[c]:9.2f} {stripe[c]:8.1f} {stripe_index[c]:12.2f}{mark}"
         )
     return "\n".join(lines)
