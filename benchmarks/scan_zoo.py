@@ -98,6 +98,9 @@ def row(name: str, results: dict[str, Any]) -> dict[str, Any]:
         "flagged_after": scan["after"]["flagged"],
         "nc_index_target": [scan[w]["nc_index"][0] for w in ("before", "after")] if target is not None else None,
         "uap_index_target": [scan[w]["uap_index"][0] for w in ("before", "after")] if target is not None else None,
+        "stripe_index_target": (
+            [scan[w]["stripe_index"][0] for w in ("before", "after")] if target is not None else None
+        ),
         "scan_seconds": [round(scan[w]["seconds"], 1) for w in ("before", "after")],
         "verdict": scan["verdict"],
     }
@@ -112,15 +115,15 @@ def markdown(rows: list[dict[str, Any]], defense: str = "nad") -> str:
 
     lines = [
         f"| model | ASR before / after {'NAD' if defense == 'nad' else f'`{defense}`'} | flagged before | "
-        "flagged after | NC index of 0 | UAP index of 0 |",
-        "|---|---|---|---|---|---|",
+        "flagged after | NC index of 0 | UAP index of 0 | stripe index of 0 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| `{r['model']}` | {pct(r['asr_before'])} / {pct(r['asr_after'])} | "
             f"{', '.join(map(str, r['flagged_before'])) or 'none'} | "
             f"{', '.join(map(str, r['flagged_after'])) or 'none'} | "
-            f"{idx(r['nc_index_target'])} | {idx(r['uap_index_target'])} |"
+            f"{idx(r['nc_index_target'])} | {idx(r['uap_index_target'])} | {idx(r.get('stripe_index_target'))} |"
         )
     return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 """Trigger-agnostic backdoor evidence from a small clean set, per class: is a backdoor there, and which class?
 
-Three measures, each turned into an anomaly index across the classes with the median absolute deviation (MAD),
+Four measures, each turned into an anomaly index across the classes with the median absolute deviation (MAD),
 as Neural Cleanse does:
 
 - **Trigger inversion** (Neural Cleanse; Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor
@@ -25,9 +25,21 @@ as Neural Cleanse does:
   universal perturbation's (log-odds, above the median). It perturbs the model, not the image, so it can see
   a backdoor whose trigger is neither a small patch nor a small additive pattern: WaNet's warp, on
   ``zoo/standard-wanet``. A model without an affine BatchNorm gets no score from it (every index 0).
+- **Stripe perturbations** (ours), per target class: two more universal perturbations, one value per column
+  and channel (``(C, 1, W)``, the same down every row) and one per row, within ``stripe_eps`` (24/255), by
+  ``uap_steps`` signed steps of a quarter of it; the better success rate of the two is the class's score,
+  flagged as the universal perturbation's. A full-image trigger such as SIG's sinusoid (20/255 at training)
+  needs a budget at which a perturbation free in every pixel reaches every class of these models, so its
+  target has no contrast; a stripe has 96 numbers, too few for the fine-grained directions that reach any
+  class, and SIG's trigger is one. It names SIG's target on ``zoo/standard-sig`` and ``zoo/reference-sig``,
+  which the other three miss; it assumes an axis-aligned, one-dimensional pattern, and it flags a second,
+  non-target class on some backdoored models (docs/scan.md). The budget was read off four models of ``zoo/``
+  (standard and reference clean and SIG) at 16, 24 and 32/255 (``benchmarks.stripe_probe``): at 16/255 one
+  SIG target stayed under the threshold, at 32/255 a class of a clean model nearly crossed it. A class it alone
+  flags has no trigger for ``nc`` to unlearn (``ScanResult.trigger_flagged``), as with the neuron perturbation.
 
 The anomaly indices are taken on log mask norms and on the log-odds of the success rates, each with a floor
-under the MAD (``NC_FLOOR`` 0.25; ``UAP_FLOOR`` 1.0, for both success rates): a trigger half the median's size
+under the MAD (``NC_FLOOR`` 0.25; ``UAP_FLOOR`` 1.0, for every success rate): a trigger half the median's size
 is the same evidence whatever the median, and a class reached 40% of the time against a median of 20% is less
 remarkable than 8% against 4%. Neural Cleanse takes the MAD of the raw L1 norms with no floor; on the raw scale the mask
 of the reference-trained BadNets model in ``zoo/`` scored 2.05, on the log scale 3.6. The floors were
@@ -136,7 +148,7 @@ class ScanResult:
     @property
     def trigger_flagged(self) -> list[int]:
         """The flagged classes for which the scan found an input trigger (by trigger inversion or universal
-        perturbation): a class flagged by the neuron perturbation alone has none to unlearn."""
+        perturbation): a class flagged by the neuron or the stripe perturbation alone has none to unlearn."""
         return [c for c in self.flagged if max(self.nc_index[c], self.uap_index[c]) > self.threshold]
 
     @property
