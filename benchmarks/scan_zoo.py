@@ -49,7 +49,7 @@ def erase(name: str, data: str, out: Path, defense: str = "nad") -> dict[str, An
 def scan_only(name: str, data: str, out: Path) -> dict[str, Any]:
     folder = out / f"{name}--scan"
     if not (folder / "scan.json").is_file():
-        command = [sys.executable, "-m", "nad", "scan", str(ZOO / name), "--clean", data, "--quiet"]
+        command = [sys.executable, "-m", "nad", "scan", str(ZOO / name), "--clean", data, "--quiet", "--stripes"]
         subprocess.run([*command, "--out", str(folder)], check=True)
     scan = json.loads((folder / "scan.json").read_text())
     attack = json.loads((ZOO / name / "results.json").read_text())["config"].get("attack")

@@ -155,6 +155,11 @@ def _scan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean", required=True, help="clean data to scan with")
     p.add_argument("--clean-ratio", type=float, default=0.05, help="share of --clean used (default 0.05)")
     p.add_argument("--steps", type=int, default=150, help="trigger-inversion steps (default 150)")
+    p.add_argument(
+        "--stripes",
+        action="store_true",
+        help="add the stripe perturbations (24/255), which see SIG-like triggers but raise false flags (docs/scan.md)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (default fp32)")
     p.add_argument("--out", help="folder for scan.json and the inverted triggers of flagged classes (PNG)")

@@ -184,7 +184,7 @@ def print_registry(registry: dict[str, type], rows_of: Callable[[type], list[tup
 def run_scan(args: argparse.Namespace) -> int:
     """``nad scan``: the verdict line, the per-class table, and with ``--out`` the JSON and trigger pictures."""
     from nad.api import select_clean
-    from nad.scan import ScanConfig, format_table, scan
+    from nad.scan import STRIPE_EPS, ScanConfig, format_table, scan
     from nad.viz import trigger_figure
 
     device = resolve_device(args.device, args.deterministic)
@@ -193,7 +193,9 @@ def run_scan(args: argparse.Namespace) -> int:
     check_fits(clf, pool, role="clean")
     out = check_out_dir(args.out, args.overwrite) if args.out else None
     clean = select_clean(pool.to(device), args.clean_ratio, args.seed, clf.info.num_classes)
-    result = scan(clf, clean, ScanConfig(steps=args.steps, seed=args.seed, precision=args.precision), quiet=args.quiet)
+    stripe_eps = STRIPE_EPS if args.stripes else 0.0
+    cfg = ScanConfig(steps=args.steps, seed=args.seed, precision=args.precision, stripe_eps=stripe_eps)
+    result = scan(clf, clean, cfg, quiet=args.quiet)
     if args.json:
         print(json.dumps(result.to_json()))
     else:

@@ -169,23 +169,26 @@ def evidence_section(evidence: dict[str, Any] | None) -> list[str]:
     if not evidence:
         return []
     before, after = evidence["before"], evidence["after"]
+    stripes = bool(before.get("stripe_success"))  # the opt-in stripe measure ran
+    keys = ("neuron_success", "neuron_index") + (("stripe_success", "stripe_index") if stripes else ())
 
     def cells(scan: dict[str, Any], c: int) -> str:
         values = (scan["norms"][c], scan["nc_index"][c], scan["uap_success"][c], scan["uap_index"][c])
-        for key in ("neuron_success", "neuron_index", "stripe_success", "stripe_index"):
+        for key in keys:
             values += ((scan.get(key) or [0.0] * len(scan["norms"]))[c],)  # absent from older results
         return "".join(f"<td>{v:.{1 if i % 2 == 0 else 2}f}</td>" for i, v in enumerate(values))
 
     rows = "".join(f"<tr><td>{c}</td>{cells(before, c)}{cells(after, c)}</tr>" for c in range(len(before["norms"])))
     head = "<th>mask L1</th><th>NC index</th><th>UAP %</th><th>UAP index</th><th>ANP %</th><th>ANP index</th>"
-    head += "<th>stripe %</th><th>stripe index</th>"
+    head += "<th>stripe %</th><th>stripe index</th>" if stripes else ""
+    span = 8 if stripes else 6
     return [
         "<h2>Backdoor evidence (trigger-agnostic scan)</h2>",
         f"<p><b>{html.escape(evidence['verdict'])}</b>. Before: {html.escape(before['verdict'])}; after: "
         f"{html.escape(after['verdict'])}. A class is flagged when its inverted-trigger mask is unusually small or "
         "its universal, neuron or stripe perturbation unusually successful (anomaly index above "
         f"{before['threshold']:g}); see <code>nad scan</code>.</p>",
-        f'<table><tr><th></th><th colspan="8">before</th><th colspan="8">after</th></tr>'
+        f'<table><tr><th></th><th colspan="{span}">before</th><th colspan="{span}">after</th></tr>'
         f"<tr><th>class</th>{head}{head}</tr>{rows}</table>",
     ]
 

@@ -25,18 +25,20 @@ as Neural Cleanse does:
   universal perturbation's (log-odds, above the median). It perturbs the model, not the image, so it can see
   a backdoor whose trigger is neither a small patch nor a small additive pattern: WaNet's warp, on
   ``zoo/standard-wanet``. A model without an affine BatchNorm gets no score from it (every index 0).
-- **Stripe perturbations** (ours), per target class: two more universal perturbations, one value per column
-  and channel (``(C, 1, W)``, the same down every row) and one per row, within ``stripe_eps`` (24/255), by
-  ``uap_steps`` signed steps of a quarter of it; the better success rate of the two is the class's score,
-  flagged as the universal perturbation's. A full-image trigger such as SIG's sinusoid (20/255 at training)
-  needs a budget at which a perturbation free in every pixel reaches every class of these models, so its
-  target has no contrast; a stripe has 96 numbers, too few for the fine-grained directions that reach any
-  class, and SIG's trigger is one. It names SIG's target on ``zoo/standard-sig`` and ``zoo/reference-sig``,
-  which the other three miss; it assumes an axis-aligned, one-dimensional pattern, and it flags a second,
-  non-target class on some backdoored models (docs/scan.md). The budget was read off four models of ``zoo/``
-  (standard and reference clean and SIG) at 16, 24 and 32/255 (``benchmarks.stripe_probe``): at 16/255 one
-  SIG target stayed under the threshold, at 32/255 a class of a clean model nearly crossed it. A class it alone
-  flags has no trigger for ``nc`` to unlearn (``ScanResult.trigger_flagged``), as with the neuron perturbation.
+- **Stripe perturbations** (ours; off by default: ``stripe_eps=STRIPE_EPS`` or ``nad scan --stripes``), per
+  target class: two more universal perturbations, one value per column and channel (``(C, 1, W)``, the same
+  down every row) and one per row, within ``stripe_eps`` (24/255), by ``uap_steps`` signed steps of a quarter
+  of it; the better success rate of the two is the class's score, flagged as the universal perturbation's.
+  A full-image trigger such as SIG's sinusoid (20/255 at training) needs a budget at which a perturbation
+  free in every pixel reaches every class of these models, so its target has no contrast; a stripe has 96
+  numbers, too few for the fine-grained directions that reach any class, and SIG's trigger is one. It names
+  SIG's target on ``zoo/standard-sig`` and ``zoo/reference-sig``, which the other three miss; but it assumes
+  an axis-aligned, one-dimensional pattern, and on the zoo it flags non-target classes (four backdoored
+  models, and a clean one after NAD) with indices above those of the SIG targets: it cannot tell the two
+  apart, so it stays off by default (docs/scan.md). Its budget was read off four models of ``zoo/`` (standard
+  and reference clean and SIG) at 16, 24 and 32/255 (``benchmarks.stripe_probe``): at 16/255 one SIG target
+  stayed under the threshold, at 32/255 a class of a clean model nearly crossed it. A class it alone flags
+  has no trigger for ``nc`` to unlearn (``ScanResult.trigger_flagged``), as with the neuron perturbation.
 
 The anomaly indices are taken on log mask norms and on the log-odds of the success rates, each with a floor
 under the MAD (``NC_FLOOR`` 0.25; ``UAP_FLOOR`` 1.0, for every success rate): a trigger half the median's size
@@ -81,6 +83,7 @@ MAD_SCALE = 1.4826  # makes the MAD of normally distributed values an estimate o
 #: Floors of the MAD (see :func:`anomaly_index`), on the scales the indices use: log mask norm, logit success.
 NC_FLOOR = 0.25  # a mask must be e**(2 * 0.25) ~ 1.65 times smaller than the median one, however alike the rest
 UAP_FLOOR = 1.0  # a class must be e**(2 * 1.0) ~ 7.4 times likelier to be reached (in odds) than the median one
+STRIPE_EPS = 24 / 255  # the stripe perturbations' budget when they are on (``nad scan --stripes``)
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,8 @@ class ScanConfig:
     neuron_eps: float = field(default=0.03, metadata={"hash": "when-changed"})
     neuron_steps: int = field(default=5, metadata={"hash": "when-changed"})
     neuron_step: float = field(default=0.0075, metadata={"hash": "when-changed"})
-    # Added later still; 0 turns the stripe measure off. Its step is a quarter of it, its steps ``uap_steps``.
-    stripe_eps: float = field(default=24 / 255, metadata={"hash": "when-changed"})
+    # Off by default (0); ``STRIPE_EPS`` turns it on. Its step is a quarter of it, its steps ``uap_steps``.
+    stripe_eps: float = field(default=0.0, metadata={"hash": "when-changed"})
     threshold: float = 2.0
     seed: int = 0
     precision: Precision = "fp32"
@@ -456,14 +459,19 @@ def neuron_success(
 def format_table(result: ScanResult) -> str:
     empty = [0.0] * len(result.norms)
     neuron, neuron_index = result.neuron_success or empty, result.neuron_index or empty
-    stripe, stripe_index = result.stripe_success or empty, result.stripe_index or empty
-    head = ("class", "mask L1", "NC index", "UAP %", "UAP index", "ANP %", "ANP index", "stripe %", "stripe index")
-    lines = [" ".join(f"{h:>{w}s}" for h, w in zip(head, (5, 8, 8, 6, 9, 6, 9, 8, 12)))]
+    head = ["class", "mask L1", "NC index", "UAP %", "UAP index", "ANP %", "ANP index"]
+    widths = [5, 8, 8, 6, 9, 6, 9]
+    if result.stripe_success:  # the stripe measure ran (``stripe_eps`` > 0)
+        head, widths = [*head, "stripe %", "stripe index"], [*widths, 8, 12]
+    lines = [" ".join(f"{h:>{w}s}" for h, w in zip(head, widths))]
     for c in range(len(result.norms)):
         mark = "  <- flagged" if c in result.flagged else ""
         norm = f"{result.norms[c]:8.1f}" if result.reached[c] else f"{'>' + str(int(result.norms[c])):>8s}"
-        lines.append(
+        line = (
             f"{c:5d} {norm} {result.nc_index[c]:8.2f} {result.uap_success[c]:6.1f} {result.uap_index[c]:9.2f}"
-            f" {neuron[c]:6.1f} {neuron_index[c]:9.2f} {stripe[c]:8.1f} {stripe_index[c]:12.2f}{mark}"
+            f" {neuron[c]:6.1f} {neuron_index[c]:9.2f}"
         )
+        if result.stripe_success:
+            line += f" {result.stripe_success[c]:8.1f} {result.stripe_index[c]:12.2f}"
+        lines.append(line + mark)
     return "\n".join(lines)
