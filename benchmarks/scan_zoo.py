@@ -98,8 +98,10 @@ def row(name: str, results: dict[str, Any]) -> dict[str, Any]:
         "flagged_after": scan["after"]["flagged"],
         "nc_index_target": [scan[w]["nc_index"][0] for w in ("before", "after")] if target is not None else None,
         "uap_index_target": [scan[w]["uap_index"][0] for w in ("before", "after")] if target is not None else None,
-        "stripe_index_target": (
-            [scan[w]["stripe_index"][0] for w in ("before", "after")] if target is not None else None
+        "stripe_index_target": (  # the opt-in stripes: absent from scans without them
+            [scan[w]["stripe_index"][0] for w in ("before", "after")]
+            if target is not None and scan["before"].get("stripe_index") and scan["after"].get("stripe_index")
+            else None
         ),
         "scan_seconds": [round(scan[w]["seconds"], 1) for w in ("before", "after")],
         "verdict": scan["verdict"],
