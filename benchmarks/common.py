@@ -52,3 +52,12 @@ def report(name: str, figures: dict[str, Any], out: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def merged_with_committed(name: str, items: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
+    """``items`` (each with a ``"model"``) over the other models' entries of the committed ``results/NAME.json``
+    list ``field``: a model measured again replaces its entry, the rest are kept, so one new model need not
+    rerun the others."""
+    path = RESULTS / f"{name}.json"
+    kept = json.loads(path.read_text())[field] if path.is_file() else []
+    return list(({m["model"]: m for m in kept} | {m["model"]: m for m in items}).values())

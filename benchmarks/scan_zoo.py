@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS, report
+from benchmarks.common import merged_with_committed, report
 
 ZOO = Path("zoo")
 
@@ -131,11 +131,8 @@ def markdown(rows: list[dict[str, Any]], defense: str = "nad") -> str:
 
 
 def merged(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` over the committed table ``name``'s rows of other models, in model-name order."""
-    path = RESULTS / f"{name}.json"
-    kept = json.loads(path.read_text())["rows"] if path.is_file() else []
-    by_model = {r["model"]: r for r in kept} | {r["model"]: r for r in rows}
-    return [by_model[m] for m in sorted(by_model, key=zoo_order)]
+    """``rows`` over the committed table ``name``'s rows of other models, in the zoo's order."""
+    return sorted(merged_with_committed(name, rows, "rows"), key=lambda r: zoo_order(r["model"]))
 
 
 def zoo_order(model: str) -> tuple[str, str]:

@@ -1,7 +1,7 @@
-"""A probe, not part of ``nad scan``: does a universal perturbation that varies along one image axis only
-name SIG's target?
+"""The probe behind ``nad scan --stripes``: does a universal perturbation that varies along one image axis
+only name SIG's target?
 
-    python -m benchmarks.stripe_probe [--eps 16 24 32] [NAME ...]   (default: the zoo's SIG and clean models)
+    python -m benchmarks.stripe_probe [NAME ...] [--eps 16 24 32]   (default: the zoo's SIG and clean models)
 
 The scan's universal perturbation is free in every pixel, and at the budgets SIG's sinusoid needs (20/255 at
 training) every class of these models is reachable that way (docs/scan.md), so class 0 has no contrast. This
@@ -20,13 +20,12 @@ classes on the log-odds scale with the scan's floor (1.0). The clean data is the
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS, report
+from benchmarks.common import merged_with_committed, report
 from nad.api import select_clean
 from nad.data import load_data
 from nad.data.dataset import ImageData
@@ -76,16 +75,4 @@ def main() -> None:
     args = parser.parse_args()
     pool = load_data(args.data, "train")
     models = [probe(name, pool, args.eps) for name in args.names]
-    report("stripe-probe", {"data": args.data, "models": merged(models)})
-
-
-def merged(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``models`` over the committed results' other models (a model probed again replaces its entry)."""
-    path = RESULTS / "stripe-probe.json"
-    kept = json.loads(path.read_text())["models"] if path.is_file() else []
-    by_name = {m["model"]: m for m in kept} | {m["model"]: m for m in models}
-    return list(by_name.values())
-
-
-if __name__ == "__main__":
-    main()
+    report("stripe-probe", {"data": args.data, "models": merged_with_committed("stripe-probe", models, "models")})
