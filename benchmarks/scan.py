@@ -1,13 +1,13 @@
 """`nad scan` against its floor: one scan of a 10-class model, and what its image passes cost at bare rates.
 
     python -m benchmarks.scan [--model zoo/reference-badnets] [--data cifar10:data/cifar10]
-                              [--precision fp32|bf16] [--device cpu|cuda]
+                              [--precision fp32|bf16] [--device cpu|cuda] [--stripes]
 
-The scan's work with defaults: ``steps`` (150) trigger-inversion steps, ``uap_steps`` (20) steps for each of
-the three universal perturbations (free, column stripes, row stripes) and ``neuron_steps`` (5)
+The scan's work with defaults: ``steps`` (150) trigger-inversion steps, ``uap_steps`` (20) universal-perturbation
+steps (and 20 more for each of the column and row stripes with ``--stripes``) and ``neuron_steps`` (5)
 neuron-perturbation steps, each a forward and a backward pass (to the input or the BatchNorm noise only: the
 weights are frozen) of ``batch`` (24) images per class, then ``holdout`` (256) forward passes per class for
-each of the four perturbations. The floor is that many passes at the rates of
+each perturbation. The floor is that many passes at the rates of
 the same model's bare forward+backward and forward on random tensors of the scan's batch size.
 """
 
@@ -21,7 +21,7 @@ from benchmarks.common import report, timed
 from nad.api import select_clean
 from nad.data import load_data
 from nad.models import load_model
-from nad.scan import ScanConfig, forward, scan
+from nad.scan import STRIPE_EPS, ScanConfig, forward, scan
 
 
 def bare_rates(clf, cfg: ScanConfig, batch: int, device: torch.device, steps: int = 10) -> tuple[float, float]:
@@ -50,9 +50,10 @@ def main() -> None:
     parser.add_argument("--data", default="cifar10:data/cifar10")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--stripes", action="store_true", help="with the opt-in stripe measure")
     args = parser.parse_args()
     device = torch.device(args.device)
-    cfg = ScanConfig(precision=args.precision)
+    cfg = ScanConfig(precision=args.precision, stripe_eps=STRIPE_EPS if args.stripes else 0.0)
     clf = load_model(args.model).to(device)
     k = clf.info.num_classes
     clean = select_clean(load_data(args.data, "train").to(device), 0.05, 0, k)
@@ -62,7 +63,7 @@ def main() -> None:
     passes = (cfg.steps + perturbations * cfg.uap_steps + cfg.neuron_steps) * k * cfg.batch
     floor = passes / backward_rate + (perturbations + 1) * k * cfg.holdout / forward_rate
     report(
-        f"scan-{device.type}-{args.precision}",
+        f"scan-{device.type}-{args.precision}" + ("-stripes" if args.stripes else ""),
         {
             "config": {"model": args.model, "data": args.data, "clean_size": len(clean), **vars(cfg)},
             "seconds": round(result.seconds, 1),

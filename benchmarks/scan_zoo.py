@@ -60,7 +60,6 @@ def scan_only(name: str, data: str, out: Path) -> dict[str, Any]:
         "indices_of_0": {
             key: round(scan[key][0], 2) for key in ("nc_index", "uap_index", "neuron_index", "stripe_index")
         },
-        "false_flags": [c for c in scan["flagged"] if not attack or c != 0],
         "seconds": round(scan["seconds"], 1),
         "verdict": scan["verdict"],
     }
