@@ -76,3 +76,7 @@ def main() -> None:
     pool = load_data(args.data, "train")
     models = [probe(name, pool, args.eps) for name in args.names]
     report("stripe-probe", {"data": args.data, "models": merged_with_committed("stripe-probe", models, "models")})
+
+
+if __name__ == "__main__":
+    main()
