@@ -177,6 +177,8 @@ def test_run_writes_every_cell_once(bench_run):
         assert 0 <= row["acc"] <= 100 and 0 <= row["asr"] <= 100 and row["seconds"] >= 0
         assert (row["der"] is None) == (row["defense"] == "none")
         assert row["decisions"] == {}  # fine-tuning decides nothing of its own
+        assert row["device"] == f"cpu ({torch.get_num_threads()} threads)"  # where its wall time was measured
+    assert f"measured on cpu ({torch.get_num_threads()} threads) (4 cells)" in (out / "results.md").read_text()
     assert len(list((out / "models").glob("*/model.safetensors"))) == 2
     assert not list((out / "models").glob(".partial-*"))
 

@@ -40,6 +40,13 @@ def resolve_device(name: str = "auto", deterministic: bool = False) -> torch.dev
     return device
 
 
+def describe(device: torch.device) -> str:
+    """Where a run's wall times were measured, for its records: the GPU's name, or the CPU and its threads."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
 def own_gpu(device: torch.device) -> torch.device:
     """Under torchrun, an unnumbered ``cuda`` is this process's GPU (``LOCAL_RANK``), not GPU 0 for all."""
     if device.type == "cuda" and device.index is None and distributed.active():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +81,16 @@ def summary_lines(cfg: BenchConfig, tables: list[Table], rows: dict[str, dict[st
         + (", and the backdoored model's" if cfg.model_per_seed else "")
         + ")",
         f"- cells: {done} of {total} finished; their wall time: {seconds:,.0f} s of defenses and scoring, "
-        f"{trained:,.0f} s of model training",
+        f"{trained:,.0f} s of model training; measured on {devices_text(rows)}",
         "- ACC: clean accuracy on the test images; ASR: triggered non-target images classified as the target; "
         "RA: triggered non-target images classified as their true label; DER = (max(0, ΔASR) − max(0, ΔACC) + 1) / 2",
     ]
+
+
+def devices_text(rows: dict[str, dict[str, Any]]) -> str:
+    """How many cells ran on each device (rows from before rows named theirs ran on the CPU)."""
+    counts = Counter(r.get("device") or "cpu (not recorded)" for r in rows.values())
+    return ", ".join(f"{name} ({n} cells)" for name, n in sorted(counts.items()))
 
 
 def model_lines(cfg: BenchConfig, models: str) -> list[str]:

@@ -25,6 +25,7 @@ from nad.bench.grid import Cell, CellFilter, Shard, expand, resolve_attack, stud
 from nad.bench.render import write_outputs
 from nad.bench.results import ResultStore, attack_labels, defense_label, read_rows, study_table
 from nad.data import ImageData, load_data, stratified_split
+from nad.device import describe
 from nad.errors import NadError
 from nad.io import write_json
 from nad.metrics import Scores, defense_effectiveness, evaluate
@@ -136,6 +137,7 @@ class Runner:
             "before": rounded(before),
             "error": error,
             "seconds": round(time.perf_counter() - start - model_time, 2),
+            "device": describe(self.data.test.x.device),
             "model": cached.key,
             "model_seconds": cached.seconds,
             "model_trained": trained_now,
