@@ -47,6 +47,15 @@ def describe(device: torch.device) -> str:
     return f"{device.type} ({torch.get_num_threads()} threads)"
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (on the CPU) on ``device`` without stalling the host: to a GPU through pinned memory and an
+    asynchronous copy, where a plain copy from pageable memory waits for the GPU's queue to drain. Used for
+    values drawn on the CPU inside a loop (so that every device draws the same ones)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def own_gpu(device: torch.device) -> torch.device:
     """Under torchrun, an unnumbered ``cuda`` is this process's GPU (``LOCAL_RANK``), not GPU 0 for all."""
     if device.type == "cuda" and device.index is None and distributed.active():

@@ -61,6 +61,7 @@ from nad.data.augment import Augment, augment_batch
 from nad.data.dataset import ImageData, stratified_split
 from nad.defenses.base import Defense, Monitor, Repair, epoch_hook
 from nad.defenses.registry import register_defense
+from nad.device import to_device
 from nad.errors import NadError
 from nad.metrics import accuracy
 from nad.models.checkpoint import Classifier
@@ -132,8 +133,12 @@ class NeuronPerturbation:
 
     @torch.no_grad()
     def reset_noise(self, eps: float, gen: torch.Generator) -> None:
-        for n in self.noise_w + self.noise_b:
-            n.copy_((torch.rand(n.shape, generator=gen) * 2 - 1).mul_(eps).to(n.device))
+        # Drawn on the CPU generator (the same noise on every device), moved in one asynchronous copy: a
+        # copy per BatchNorm layer at every iteration made the GPU's queue drain as often.
+        noises = self.noise_w + self.noise_b
+        drawn = torch.cat([(torch.rand(n.shape, generator=gen) * 2 - 1).mul_(eps).flatten() for n in noises])
+        for n, values in zip(noises, to_device(drawn, noises[0].device).split([n.numel() for n in noises])):
+            n.copy_(values.view_as(n))
 
 
 @register_defense
@@ -166,7 +171,7 @@ class ANP(Defense):
             step_size = cfg.eps / cfg.steps
             report_every = max(1, cfg.iterations // 20)
             for it in tqdm(range(cfg.iterations), desc="ANP masks", disable=quiet, leave=False, dynamic_ncols=True):
-                idx = torch.randint(len(clean), (cfg.batch_size,), generator=gen).to(device)
+                idx = to_device(torch.randint(len(clean), (cfg.batch_size,), generator=gen), device)
                 inputs = scratch.preprocess(augment_batch(clean.x[idx], cfg.augment, aug_gen))
                 targets = clean.y[idx]
                 if cfg.eps > 0:
