@@ -36,6 +36,7 @@ from nad.data.dataset import ImageData
 from nad.defenses.base import Defense, FineTunedStart, Monitor, Repair
 from nad.defenses.finetune import FineTune
 from nad.defenses.registry import register_defense
+from nad.device import to_device
 from nad.errors import NadError
 from nad.models.checkpoint import Classifier
 from nad.training import TrainConfig, sgd_cosine, train
@@ -102,7 +103,7 @@ class BezierCurve(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fixed_t is None:
-            t: Tensor | float = torch.rand((), generator=self.gen).to(x.device, non_blocking=True)
+            t: Tensor | float = to_device(torch.rand((), generator=self.gen), x.device)
         else:
             t = self.fixed_t
         weights = self.weights(t)
