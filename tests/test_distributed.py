@@ -15,7 +15,6 @@ whole batch's. Two things still differ:
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import signal
@@ -81,18 +80,23 @@ def loopback_env() -> dict[str, str]:
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     command += ["--local-addr", "127.0.0.1"]  # the rendezvous address the workers dial: no host-name lookup
+    return run_with_deadline([*command, "-m", "nad", *args])
+
+
+def run_with_deadline(command: list[str], timeout: float = TORCHRUN_TIMEOUT) -> subprocess.CompletedProcess:
+    """``command`` with gloo on the loopback, failed (with its output) if it has not ended after ``timeout``.
+
+    A session of its own, so that a hang kills its children too: killing torchrun alone would leave the
+    workers holding the output pipes, and reading those would wait for the workers' own (10 min) timeout.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", **loopback_env()}
-    # A session of its own, so that a hang kills the workers too: killing torchrun alone would leave them
-    # holding the output pipes, and reading those would wait for the workers' own (10 min) timeout.
-    with subprocess.Popen(
-        [*command, "-m", "nad", *args], env=env, stdout=PIPE, stderr=PIPE, text=True, start_new_session=True
-    ) as proc:
+    with subprocess.Popen(command, env=env, stdout=PIPE, stderr=PIPE, text=True, start_new_session=True) as proc:
         try:
-            stdout, stderr = proc.communicate(timeout=TORCHRUN_TIMEOUT)
+            stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, stderr = proc.communicate()
-            pytest.fail(f"torchrun did not finish within {TORCHRUN_TIMEOUT} s:\n{stdout[-2000:]}\n{stderr[-4000:]}")
+            pytest.fail(f"{command[1:4]} did not finish within {timeout} s:\n{stdout[-2000:]}\n{stderr[-4000:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
@@ -146,32 +150,41 @@ def test_outside_torchrun_everything_is_a_single_process():
         assert not distributed.active()
 
 
+# A gloo group of one inside the test process could hang it where no timeout reaches (a C call holding
+# the GIL), so this check runs in a child process that is killed if it does not end.
+HOOKS_THROUGH_DDP = """
+import datetime, faulthandler, sys
+import torch
+from torch import distributed as dist
+from nad.attention import FeatureHooks
+from nad.defenses.nad import AttentionDistillationLoss
+from nad.models import create_model
+
+faulthandler.dump_traceback_later(100, exit=True)  # a hang prints every thread's stack before the kill
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=datetime.timedelta(seconds=60))
+try:
+    torch.manual_seed(0)
+    student, teacher = create_model("small_cnn", 10, 1, width=4), create_model("small_cnn", 10, 1, width=4)
+    teacher.eval().requires_grad_(False)
+    wrapped = torch.nn.parallel.DistributedDataParallel(student)
+    layers = ("block1", "block2", "block3")
+    with AttentionDistillationLoss(student, teacher, layers, (1.0, 1.0, 1.0), 2.0, "sum") as loss_fn:
+        terms = loss_fn(wrapped, torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3]))
+        sum(terms.values()).backward()
+    assert float(terms["at"].detach()) > 0, terms
+    assert all(p.grad is not None for p in student.parameters())
+    assert FeatureHooks(wrapped, ["block2"]).modules["block2"] is student.block2  # found under module.
+finally:
+    dist.destroy_process_group()
+print("ok")
+"""
+
+
 @needs_gloo
-def test_nad_hooks_work_through_real_ddp(monkeypatch):
+def test_nad_hooks_work_through_real_ddp():
     """The student's hooks sit on the plain module; the DDP-wrapped forward fires them, and gradients flow."""
-    from nad.defenses.nad import AttentionDistillationLoss
-    from nad.models import create_model
-
-    for name, value in loopback_env().items():
-        monkeypatch.setenv(name, value)
-    timeout = datetime.timedelta(seconds=60)
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
-    try:
-        torch.manual_seed(0)
-        student, teacher = create_model("small_cnn", 10, 1, width=4), create_model("small_cnn", 10, 1, width=4)
-        teacher.eval().requires_grad_(False)
-        wrapped = torch.nn.parallel.DistributedDataParallel(student)
-        layers = ("block1", "block2", "block3")
-        with AttentionDistillationLoss(student, teacher, layers, (1.0, 1.0, 1.0), 2.0, "sum") as loss_fn:
-            terms = loss_fn(wrapped, torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3]))
-            sum(terms.values()).backward()
-        assert float(terms["at"].detach()) > 0
-        assert all(p.grad is not None for p in student.parameters())
-        from nad.attention import FeatureHooks
-
-        assert FeatureHooks(wrapped, ["block2"]).modules["block2"] is student.block2  # found under module.
-    finally:
-        dist.destroy_process_group()
+    run = run_with_deadline([sys.executable, "-c", HOOKS_THROUGH_DDP], timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 
 # -- two processes --------------------------------------------------------------------------------------
