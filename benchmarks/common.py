@@ -61,3 +61,20 @@ def merged_with_committed(name: str, items: list[dict[str, Any]], field: str) ->
     path = RESULTS / f"{name}.json"
     kept = json.loads(path.read_text())[field] if path.is_file() else []
     return list(({m["model"]: m for m in kept} | {m["model"]: m for m in items}).values())
+
+
+def class_rates(rates: list[float], rate_floor: float = 0.005, **setting: Any) -> dict[str, Any]:
+    """One probe setting's per-class success rates (%) with their anomaly indices as ``nad scan`` takes them
+    (log-odds, rates clipped to ``rate_floor``, the MAD at least the scan's floor): the index of class 0, which
+    every zoo attack targets, and the class that scores highest."""
+    from nad.scan import UAP_FLOOR, anomaly_index, logit
+
+    index = anomaly_index([logit(r / 100, rate_floor) for r in rates], low=False, floor=UAP_FLOOR)
+    top = max(range(len(index)), key=index.__getitem__)
+    return {
+        **setting,
+        "success": [round(r, 1) for r in rates],
+        "index_of_0": round(index[0], 2),
+        "top_class": top,
+        "index_of_top": round(index[top], 2),
+    }

@@ -4,7 +4,7 @@
                               [--precision fp32|bf16] [--device cpu|cuda] [--stripes]
 
 The scan's work with defaults: ``steps`` (150) trigger-inversion steps, ``uap_steps`` (20) universal-perturbation
-steps (and 20 more for each of the column and row stripes with ``--stripes``) and ``neuron_steps`` (5)
+steps, 20 more for the warp (and for each of the column and row stripes with ``--stripes``) and ``neuron_steps`` (5)
 neuron-perturbation steps, each a forward and a backward pass (to the input or the BatchNorm noise only: the
 weights are frozen) of ``batch`` (24) images per class, then ``holdout`` (256) forward passes per class for
 each perturbation. The floor is that many passes at the rates of
@@ -59,7 +59,8 @@ def main() -> None:
     clean = select_clean(load_data(args.data, "train").to(device), 0.05, 0, k)
     result = scan(clf, clean, cfg, quiet=True)
     backward_rate, forward_rate = bare_rates(clf, cfg, k * cfg.batch, device)
-    perturbations = 3 if cfg.stripe_eps else 1  # the free one, and the column and row stripes
+    # the free one, the warp, and the column and row stripes: each its steps, then its held-out passes
+    perturbations = 1 + (cfg.warp_bound > 0) + 2 * (cfg.stripe_eps > 0)
     passes = (cfg.steps + perturbations * cfg.uap_steps + cfg.neuron_steps) * k * cfg.batch
     floor = passes / backward_rate + (perturbations + 1) * k * cfg.holdout / forward_rate
     report(
@@ -74,6 +75,7 @@ def main() -> None:
             "nc_index": [round(v, 2) for v in result.nc_index],
             "uap_index": [round(v, 2) for v in result.uap_index],
             "stripe_index": [round(v, 2) for v in result.stripe_index],
+            "warp_index": [round(v, 2) for v in result.warp_index],
         },
     )
 

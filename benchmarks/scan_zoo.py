@@ -12,7 +12,7 @@ A model already done in ``OUT`` is read back, not rerun. The table goes to ``ben
 (``docs/scan.md`` carries it).
 
 ``--scan-only`` runs ``nad scan zoo/NAME --clean DATA --out OUT/NAME--scan`` instead (no defense): the verdict
-and the index of the target class by each of the three measures (``benchmarks/results/scan-only.json``).
+and the index of the target class by each of the five measures (``benchmarks/results/scan-only.json``).
 
 Rows accumulate: a run over some models replaces their rows in the committed table and keeps the others (a
 model added to the zoo is scanned alone, not the whole zoo again); the table is in the zoo's name order.
@@ -58,7 +58,9 @@ def scan_only(name: str, data: str, out: Path) -> dict[str, Any]:
         "target": 0 if attack else None,  # every zoo attack targets class 0
         "flagged": scan["flagged"],
         "indices_of_0": {
-            key: round(scan[key][0], 2) for key in ("nc_index", "uap_index", "neuron_index", "stripe_index")
+            key: round(scan[key][0], 2)
+            for key in ("nc_index", "uap_index", "neuron_index", "stripe_index", "warp_index")
+            if scan.get(key)  # the warp measure: absent from scans made before it
         },
         "seconds": round(scan["seconds"], 1),
         "verdict": scan["verdict"],
@@ -67,8 +69,9 @@ def scan_only(name: str, data: str, out: Path) -> dict[str, Any]:
 
 def scan_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | flagged | NC index of 0 | UAP index of 0 | ANP index of 0 | stripe index of 0 | named? |",
-        "|---|---|---|---|---|---|---|",
+        "| model | flagged | NC index of 0 | UAP index of 0 | ANP index of 0 | stripe index of 0 | warp index of 0 "
+        "| named? |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["target"] is None:
@@ -76,9 +79,10 @@ def scan_markdown(rows: list[dict[str, Any]]) -> str:
         else:
             named = "yes" if r["target"] in r["flagged"] else "**no**"
         i = r["indices_of_0"]
+        warp = f"{i['warp_index']:.2f}" if "warp_index" in i else "–"  # absent from scans made before it
         lines.append(
             f"| `{r['model']}` | {', '.join(map(str, r['flagged'])) or 'none'} | {i['nc_index']:.2f} "
-            f"| {i['uap_index']:.2f} | {i['neuron_index']:.2f} | {i['stripe_index']:.2f} | {named} |"
+            f"| {i['uap_index']:.2f} | {i['neuron_index']:.2f} | {i['stripe_index']:.2f} | {warp} | {named} |"
         )
     return "\n".join(lines)
 

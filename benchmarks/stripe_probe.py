@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import merged_with_committed, report
+from benchmarks.common import class_rates, merged_with_committed, report
 from nad.api import select_clean
 from nad.data import load_data
 from nad.data.dataset import ImageData
 from nad.models.checkpoint import Classifier, load_model
-from nad.scan import UAP_FLOOR, ScanConfig, anomaly_index, logit, universal_rates
+from nad.scan import ScanConfig, universal_rates
 
 DEFAULT = ["standard-clean", "standard-sig", "reference-clean", "reference-sig"]
 AXES = {"columns": lambda c, h, w: (c, 1, w), "rows": lambda c, h, w: (c, h, 1)}
@@ -52,18 +52,7 @@ def probe(name: str, clean_pool: ImageData, budgets: list[int]) -> dict[str, Any
     for axis in AXES:
         for budget in budgets:
             rates = stripe_success(clf, clean, budget / 255, axis)
-            index = anomaly_index([logit(r / 100) for r in rates], low=False, floor=UAP_FLOOR)
-            top = max(range(len(index)), key=index.__getitem__)
-            rows.append(
-                {
-                    "axis": axis,
-                    "eps": f"{budget}/255",
-                    "success": [round(r, 1) for r in rates],
-                    "index_of_0": round(index[0], 2),  # every zoo attack targets class 0
-                    "top_class": top,
-                    "index_of_top": round(index[top], 2),
-                }
-            )
+            rows.append(class_rates(rates, axis=axis, eps=f"{budget}/255"))
     return {"model": name, "settings": rows, "seconds": round(time.perf_counter() - start, 1)}
 
 

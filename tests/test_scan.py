@@ -151,3 +151,42 @@ def test_the_stripe_measure_runs_last_and_changes_no_other_measure(clean_model):
     for key in ("norms", "uap_success", "neuron_success"):  # turning it on changes no other measure
         assert getattr(on, key) == getattr(off, key)
     assert "stripe index" in format_table(on) and "stripe index" not in format_table(off)
+
+
+def test_a_warp_of_one_pixel_shifts_the_image_by_one_pixel():
+    from nad.scan import warp_images
+
+    ramp = torch.arange(8.0).repeat(2, 1, 8, 1) / 8  # (2, 1, 8, 8): pixel value = its column / 8
+    offsets = torch.zeros(2, 2, 4, 4)
+    offsets[1, 0] = 1.0  # class 1: every pixel samples one column to its right
+    moved = warp_images(ramp, offsets, torch.tensor([0, 1]))
+    assert torch.allclose(moved[0], ramp[0], atol=1e-6)  # no offset, no change
+    assert torch.allclose(moved[1, ..., :7], ramp[1, ..., 1:], atol=1e-6)  # shifted left by one column
+    assert torch.allclose(moved[1, ..., 7], ramp[1, ..., 7], atol=1e-6)  # the edge samples itself (clamped)
+
+
+def test_the_warp_measure_has_its_own_draws_and_can_be_turned_off(clean_model):
+    clean = select_clean(load_data("digits"), 0.05, 0)
+    short = ScanConfig(steps=3, uap_steps=3, neuron_steps=2)
+    on = scan(clean_model, clean, short, quiet=True)  # on by default
+    off = scan(clean_model, clean, replace(short, warp_bound=0.0), quiet=True)
+    stripes = scan(clean_model, clean, replace(short, stripe_eps=STRIPE_EPS), quiet=True)
+    assert off.warp_success == [] and len(on.warp_index) == 10 and all(0 <= r <= 100 for r in on.warp_success)
+    for key in ("norms", "uap_success", "neuron_success"):  # turning it off changes no other measure
+        assert getattr(on, key) == getattr(off, key)
+    assert stripes.warp_success == on.warp_success  # nor do the stripes change it
+    assert "warp index" in format_table(on) and "warp index" not in format_table(off)
+    with pytest.raises(NadError, match="warp_bound"):
+        ScanConfig(warp_bound=-1.0)
+
+
+@pytest.mark.slow
+def test_the_warp_measure_names_the_target_of_a_wanet_backdoor():
+    from nad.attacks import parse_attack
+
+    cfg = from_mapping(DemoConfig, load_yaml("demo"), "demo preset")
+    train, normalize = load_data(cfg.data, "train"), parse_normalize(cfg.normalize)
+    wanet = train_model(train, cfg.arch, cfg.train, parse_attack("wanet:target=3"), None, normalize, quiet=True)
+    result = scan(wanet.model, select_clean(train, 0.05, 0), ScanConfig(steps=5), quiet=True)
+    assert max(range(10), key=lambda c: result.warp_index[c]) == 3, result.to_json()
+    assert result.warp_index[3] > 2 and result.warp_success[3] > 90 and 3 in result.flagged

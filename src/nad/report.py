@@ -169,8 +169,8 @@ def evidence_section(evidence: dict[str, Any] | None) -> list[str]:
     if not evidence:
         return []
     before, after = evidence["before"], evidence["after"]
-    stripes = bool(before.get("stripe_success"))  # the opt-in stripe measure ran
-    keys = ("neuron_success", "neuron_index") + (("stripe_success", "stripe_index") if stripes else ())
+    optional = [name for name in ("stripe", "warp") if before.get(f"{name}_success")]  # the measures that ran
+    keys = ["neuron_success", "neuron_index"] + [f"{name}_{part}" for name in optional for part in ("success", "index")]
 
     def cells(scan: dict[str, Any], c: int) -> str:
         values = (scan["norms"][c], scan["nc_index"][c], scan["uap_success"][c], scan["uap_index"][c])
@@ -180,13 +180,13 @@ def evidence_section(evidence: dict[str, Any] | None) -> list[str]:
 
     rows = "".join(f"<tr><td>{c}</td>{cells(before, c)}{cells(after, c)}</tr>" for c in range(len(before["norms"])))
     head = "<th>mask L1</th><th>NC index</th><th>UAP %</th><th>UAP index</th><th>ANP %</th><th>ANP index</th>"
-    head += "<th>stripe %</th><th>stripe index</th>" if stripes else ""
-    span = 8 if stripes else 6
+    head += "".join(f"<th>{name} %</th><th>{name} index</th>" for name in optional)
+    span = 6 + 2 * len(optional)
     return [
         "<h2>Backdoor evidence (trigger-agnostic scan)</h2>",
         f"<p><b>{html.escape(evidence['verdict'])}</b>. Before: {html.escape(before['verdict'])}; after: "
         f"{html.escape(after['verdict'])}. A class is flagged when its inverted-trigger mask is unusually small or "
-        "its universal, neuron or stripe perturbation unusually successful (anomaly index above "
+        "its universal, neuron, stripe or warp perturbation unusually successful (anomaly index above "
         f"{before['threshold']:g}); see <code>nad scan</code>.</p>",
         f'<table><tr><th></th><th colspan="{span}">before</th><th colspan="{span}">after</th></tr>'
         f"<tr><th>class</th>{head}{head}</tr>{rows}</table>",
