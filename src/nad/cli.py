@@ -160,6 +160,9 @@ def _scan_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add the stripe perturbations (24/255), which see SIG-like triggers but raise false flags (docs/scan.md)",
     )
+    p.add_argument(
+        "--no-warp", action="store_true", help="skip the warp perturbations, the measure that sees WaNet-like triggers"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (default fp32)")
     p.add_argument("--out", help="folder for scan.json and the inverted triggers of flagged classes (PNG)")
