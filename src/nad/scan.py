@@ -414,9 +414,9 @@ def warp_success(clf: Classifier, clean: ImageData, cfg: ScanConfig, quiet: bool
         for t in range(k):
             x = held_out(clean, t, cfg.holdout, gen)
             group = torch.full((len(x),), t, device=device)
-            hits = (forward(clf, warp_images(x, offsets, group), cfg).argmax(1) == t).float().mean() if len(x) else 0
-            rates.append(100.0 * float(hits))
-    return rates
+            hits = forward(clf, warp_images(x, offsets, group), cfg).argmax(1) == t
+            rates.append(hits.float().mean() if len(x) else torch.zeros((), device=device))
+    return [100.0 * float(r) for r in torch.stack(rates).cpu()]  # one copy from the device, not one per class
 
 
 def warp_images(x: Tensor, offsets: Tensor, group: Tensor) -> Tensor:
