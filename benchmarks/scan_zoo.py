@@ -106,6 +106,11 @@ def row(name: str, results: dict[str, Any]) -> dict[str, Any]:
             if target is not None and scan["before"].get("stripe_index") and scan["after"].get("stripe_index")
             else None
         ),
+        "warp_index_target": (  # the warp measure: absent from scans made before it
+            [scan[w]["warp_index"][0] for w in ("before", "after")]
+            if target is not None and scan["before"].get("warp_index") and scan["after"].get("warp_index")
+            else None
+        ),
         "scan_seconds": [round(scan[w]["seconds"], 1) for w in ("before", "after")],
         "verdict": scan["verdict"],
     }
@@ -120,15 +125,16 @@ def markdown(rows: list[dict[str, Any]], defense: str = "nad") -> str:
 
     lines = [
         f"| model | ASR before / after {'NAD' if defense == 'nad' else f'`{defense}`'} | flagged before | "
-        "flagged after | NC index of 0 | UAP index of 0 | stripe index of 0 |",
-        "|---|---|---|---|---|---|---|",
+        "flagged after | NC index of 0 | UAP index of 0 | stripe index of 0 | warp index of 0 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| `{r['model']}` | {pct(r['asr_before'])} / {pct(r['asr_after'])} | "
             f"{', '.join(map(str, r['flagged_before'])) or 'none'} | "
             f"{', '.join(map(str, r['flagged_after'])) or 'none'} | "
-            f"{idx(r['nc_index_target'])} | {idx(r['uap_index_target'])} | {idx(r.get('stripe_index_target'))} |"
+            f"{idx(r['nc_index_target'])} | {idx(r['uap_index_target'])} | {idx(r.get('stripe_index_target'))} | "
+            f"{idx(r.get('warp_index_target'))} |"
         )
     return "\n".join(lines)
 
