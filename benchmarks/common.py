@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from nad.scan import UAP_FLOOR, anomaly_index, logit
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -67,8 +69,6 @@ def class_rates(rates: list[float], rate_floor: float = 0.005, **setting: Any) -
     """One probe setting's per-class success rates (%) with their anomaly indices as ``nad scan`` takes them
     (log-odds, rates clipped to ``rate_floor``, the MAD at least the scan's floor): the index of class 0, which
     every zoo attack targets, and the class that scores highest."""
-    from nad.scan import UAP_FLOOR, anomaly_index, logit
-
     index = anomaly_index([logit(r / 100, rate_floor) for r in rates], low=False, floor=UAP_FLOOR)
     top = max(range(len(index)), key=index.__getitem__)
     return {

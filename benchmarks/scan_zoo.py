@@ -90,6 +90,13 @@ def scan_markdown(rows: list[dict[str, Any]]) -> str:
 def row(name: str, results: dict[str, Any]) -> dict[str, Any]:
     scan, before, after = results["scan"], results["before"], results["after"]
     target = 0 if results["config"]["attack"] else None  # every zoo attack targets class 0
+
+    def of_target(measure: str) -> list[float] | None:
+        """The target's index by ``measure`` before and after; None for a clean model, or where the measure
+        did not run (the opt-in stripes, or the warp in scans made before it)."""
+        ran = all(scan[w].get(f"{measure}_index") for w in ("before", "after"))
+        return [scan[w][f"{measure}_index"][0] for w in ("before", "after")] if target is not None and ran else None
+
     return {
         "model": name,
         "target": target,
@@ -99,18 +106,7 @@ def row(name: str, results: dict[str, Any]) -> dict[str, Any]:
         "acc_after": after["acc"],
         "flagged_before": scan["before"]["flagged"],
         "flagged_after": scan["after"]["flagged"],
-        "nc_index_target": [scan[w]["nc_index"][0] for w in ("before", "after")] if target is not None else None,
-        "uap_index_target": [scan[w]["uap_index"][0] for w in ("before", "after")] if target is not None else None,
-        "stripe_index_target": (  # the opt-in stripes: absent from scans without them
-            [scan[w]["stripe_index"][0] for w in ("before", "after")]
-            if target is not None and scan["before"].get("stripe_index") and scan["after"].get("stripe_index")
-            else None
-        ),
-        "warp_index_target": (  # the warp measure: absent from scans made before it
-            [scan[w]["warp_index"][0] for w in ("before", "after")]
-            if target is not None and scan["before"].get("warp_index") and scan["after"].get("warp_index")
-            else None
-        ),
+        **{f"{measure}_index_target": of_target(measure) for measure in ("nc", "uap", "stripe", "warp")},
         "scan_seconds": [round(scan[w]["seconds"], 1) for w in ("before", "after")],
         "verdict": scan["verdict"],
     }
