@@ -193,8 +193,11 @@ def run_scan(args: argparse.Namespace) -> int:
     check_fits(clf, pool, role="clean")
     out = check_out_dir(args.out, args.overwrite) if args.out else None
     clean = select_clean(pool.to(device), args.clean_ratio, args.seed, clf.info.num_classes)
-    optional = {"stripe_eps": STRIPE_EPS if args.stripes else 0.0, **({"warp_bound": 0.0} if args.no_warp else {})}
-    cfg = ScanConfig(steps=args.steps, seed=args.seed, precision=args.precision, **optional)
+    stripe_eps = STRIPE_EPS if args.stripes else 0.0
+    warp_bound = 0.0 if args.no_warp else ScanConfig.warp_bound
+    cfg = ScanConfig(
+        steps=args.steps, seed=args.seed, precision=args.precision, stripe_eps=stripe_eps, warp_bound=warp_bound
+    )
     result = scan(clf, clean, cfg, quiet=args.quiet)
     if args.json:
         print(json.dumps(result.to_json()))
