@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -409,14 +410,25 @@ def warp_success(clf: Classifier, clean: ImageData, cfg: ScanConfig, quiet: bool
         (grad,) = torch.autograd.grad(loss, offsets)
         with torch.no_grad():
             offsets.sub_(cfg.warp_bound / 4 * grad.sign()).clamp_(-cfg.warp_bound, cfg.warp_bound)
-    rates = []
     with torch.no_grad():
-        for t in range(k):
-            x = held_out(clean, t, cfg.holdout, gen)
-            group = torch.full((len(x),), t, device=device)
-            hits = forward(clf, warp_images(x, offsets, group), cfg).argmax(1) == t
-            rates.append(hits.float().mean() if len(x) else torch.zeros((), device=device))
-    return [100.0 * float(r) for r in torch.stack(rates).cpu()]  # one copy from the device, not one per class
+        return held_out_rates(
+            clf, clean, cfg, gen, lambda x, t: warp_images(x, offsets, torch.full((len(x),), t, device=device))
+        )
+
+
+def held_out_rates(
+    clf: Classifier, clean: ImageData, cfg: ScanConfig, gen: torch.Generator, move: Callable[[Tensor, int], Tensor]
+) -> list[float]:
+    """Per class t: the share (%) of a fresh draw of held-out clean images of other classes that ``move(x, t)``
+    (a perturbation towards t) sends to t; 0 where the draw holds none. One copy from the device in all."""
+    rates = []
+    for t in range(clf.info.num_classes):
+        x = held_out(clean, t, cfg.holdout, gen)
+        if len(x) == 0:
+            rates.append(torch.zeros((), device=clean.device))
+            continue
+        rates.append((forward(clf, move(x, t), cfg).argmax(1) == t).float().mean())
+    return [100.0 * float(r) for r in torch.stack(rates).cpu()]
 
 
 def warp_images(x: Tensor, offsets: Tensor, group: Tensor) -> Tensor:
@@ -454,15 +466,8 @@ def universal_rates(
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
             delta.sub_(step * grad.sign()).clamp_(-eps, eps)
-    rates = []
     with torch.no_grad():
-        for t in range(k):
-            x = held_out(clean, t, cfg.holdout, gen)
-            if len(x) == 0:
-                rates.append(0.0)
-                continue
-            preds = forward(clf, (x + delta[t]).clamp(0, 1), cfg).argmax(1)
-            rates.append(100.0 * float((preds == t).float().mean()))
+        rates = held_out_rates(clf, clean, cfg, gen, lambda x, t: (x + delta[t]).clamp(0, 1))
     return rates, delta.detach().cpu()
 
 
@@ -515,14 +520,13 @@ def neuron_success(
             with torch.no_grad():
                 for n, g in zip(noise.noise, grads):
                     n.sub_(cfg.neuron_step * g.sign()).clamp_(-cfg.neuron_eps, cfg.neuron_eps)
-        rates = []
+
+        def towards(x: Tensor, t: int) -> Tensor:  # the images stay; class t's noise applies to them
+            noise.group = torch.full((len(x),), t, device=device)
+            return x
+
         with torch.no_grad():
-            for t in range(k):
-                x = held_out(clean, t, cfg.holdout, gen)
-                noise.group = torch.full((len(x),), t, device=device)
-                hits = (forward(clf, x, cfg).argmax(1) == t).float().mean() if len(x) else torch.zeros(())
-                rates.append(hits)
-    return [100.0 * float(r) for r in torch.stack(rates).cpu()]
+            return held_out_rates(clf, clean, cfg, gen, towards)
 
 
 def format_table(result: ScanResult) -> str:
