@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 
+from nad.api import select_clean
+from nad.data.dataset import ImageData
+from nad.models.checkpoint import Classifier, load_model
 from nad.scan import UAP_FLOOR, anomaly_index, logit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,6 +66,14 @@ def merged_with_committed(name: str, items: list[dict[str, Any]], field: str) ->
     path = RESULTS / f"{name}.json"
     kept = json.loads(path.read_text())[field] if path.is_file() else []
     return list(({m["model"]: m for m in kept} | {m["model"]: m for m in items}).values())
+
+
+def probe_model(name: str, clean_pool: ImageData, clean_seed: int = 0) -> tuple[Classifier, ImageData]:
+    """A model of ``zoo/`` (or, for a ``name`` with a ``/``, a folder), frozen in eval mode, and the 5% clean subset
+    of ``clean_pool`` that ``nad scan`` draws with ``clean_seed``: what every scan probe starts from."""
+    clf = load_model(name if "/" in name else f"zoo/{name}")
+    clf.module.eval().requires_grad_(False)
+    return clf, select_clean(clean_pool, 0.05, clean_seed, clf.info.num_classes)
 
 
 def class_rates(rates: list[float], rate_floor: float = 0.005, **setting: Any) -> dict[str, Any]:

@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import class_rates, merged_with_committed, report
-from nad.api import select_clean
+from benchmarks.common import class_rates, merged_with_committed, probe_model, report
 from nad.data import load_data
 from nad.data.dataset import ImageData
-from nad.models.checkpoint import Classifier, load_model
+from nad.models.checkpoint import Classifier
 from nad.scan import ScanConfig, universal_rates
 
 DEFAULT = ["standard-clean", "standard-sig", "reference-clean", "reference-sig"]
@@ -45,9 +44,7 @@ def stripe_success(clf: Classifier, clean: ImageData, eps: float, axis: str, see
 
 def probe(name: str, clean_pool: ImageData, budgets: list[int]) -> dict[str, Any]:
     start = time.perf_counter()
-    clf = load_model(f"zoo/{name}")
-    clf.module.eval().requires_grad_(False)
-    clean = select_clean(clean_pool, 0.05, 0, clf.info.num_classes)
+    clf, clean = probe_model(name, clean_pool)
     rows = []
     for axis in AXES:
         for budget in budgets:

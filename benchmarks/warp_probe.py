@@ -21,11 +21,9 @@ import argparse
 import time
 from typing import Any
 
-from benchmarks.common import class_rates, merged_with_committed, report
-from nad.api import select_clean
+from benchmarks.common import class_rates, merged_with_committed, probe_model, report
 from nad.data import load_data
 from nad.data.dataset import ImageData
-from nad.models.checkpoint import load_model
 from nad.scan import WARP_RATE_FLOOR, ScanConfig, warp_success
 
 DEFAULT = ["standard-clean", "standard-wanet", "reference-clean", "reference-wanet"]
@@ -33,9 +31,7 @@ DEFAULT = ["standard-clean", "standard-wanet", "reference-clean", "reference-wan
 
 def probe(name: str, clean_pool: ImageData, bounds: list[float], clean_seed: int = 0) -> dict[str, Any]:
     start = time.perf_counter()
-    clf = load_model(name if "/" in name else f"zoo/{name}")
-    clf.module.eval().requires_grad_(False)
-    clean = select_clean(clean_pool, 0.05, clean_seed, clf.info.num_classes)
+    clf, clean = probe_model(name, clean_pool, clean_seed)
     rows = []
     for bound in bounds:
         rates = warp_success(clf, clean, ScanConfig(warp_bound=bound), quiet=True)
