@@ -34,7 +34,7 @@ def probe(name: str, clean_pool: ImageData, bounds: list[float], clean_seed: int
     clf, clean = probe_model(name, clean_pool, clean_seed)
     rows = []
     for bound in bounds:
-        rates = warp_success(clf, clean, ScanConfig(warp_bound=bound), quiet=True)
+        rates, _ = warp_success(clf, clean, ScanConfig(warp_bound=bound), quiet=True)
         rows.append(class_rates(rates, WARP_RATE_FLOOR, bound_px=bound))
     return {"model": name, "clean_seed": clean_seed, "settings": rows, "seconds": round(time.perf_counter() - start, 1)}
 

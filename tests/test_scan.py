@@ -190,3 +190,39 @@ def test_the_warp_measure_names_the_target_of_a_wanet_backdoor():
     result = scan(wanet.model, select_clean(train, 0.05, 0), ScanConfig(steps=5), quiet=True)
     assert max(range(10), key=lambda c: result.warp_index[c]) == 3, result.to_json()
     assert result.warp_index[3] > 2 and result.warp_success[3] > 90 and 3 in result.flagged
+
+
+def hand_made_result(**indices: list[float]) -> ScanResult:
+    """A 4-class scan result with chosen anomaly indices (0 where not given) and random pictures, 8x8 images."""
+    zero = [0.0] * 4
+    return ScanResult(
+        norms=[5.0] * 4,
+        reached=[True] * 4,
+        uap_success=[10.0] * 4,
+        nc_index=indices.get("nc", zero),
+        uap_index=indices.get("uap", zero),
+        flagged=[c for c in range(4) if max(i[c] for i in indices.values()) > 2],
+        threshold=2.0,
+        masks=torch.rand(4, 1, 8, 8),
+        patterns=torch.rand(4, 3, 8, 8),
+        perturbations=(torch.rand(4, 3, 8, 8) - 0.5) / 16,
+        neuron_index=indices.get("neuron", zero),
+        warp_index=indices.get("warp", zero),
+        warps=(torch.rand(4, 2, 4, 4) - 0.5),
+    )
+
+
+def test_the_picture_of_a_flagged_class_shows_the_measures_that_flagged_it(tmp_path):
+    from nad.viz import evidence_figure, evidence_panels
+
+    result = hand_made_result(nc=[3.0, 0, 0, 0], uap=[0, 2.5, 0, 0], warp=[0, 0, 4.0, 0], neuron=[0, 0, 0, 3.0])
+    assert result.flagged == [0, 1, 2, 3]
+    assert result.evidence(2) == {"warp": 4.0} and result.evidence(1) == {"universal perturbation": 2.5}
+    titles = {c: [title for title, _ in evidence_panels(result, c)] for c in result.flagged}
+    assert titles[0] == ["mask", "pattern", "mask x pattern"]
+    assert titles[1] == ["universal perturbation"]
+    assert titles[2] == ["warp"]  # not the inverted trigger, which did not stand out
+    assert titles[3] == ["mask", "pattern", "mask x pattern"]  # the neuron perturbation has no picture
+    for c in result.flagged:
+        assert evidence_figure(result, c, tmp_path / f"class-{c}.png").stat().st_size > 1000
+    assert "warps" not in result.to_json() and json.dumps(result.to_json())

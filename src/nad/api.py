@@ -372,7 +372,7 @@ def save_erase_outputs(
     from nad.io import write_json
     from nad.models.checkpoint import save_model
     from nad.report import write_erase_report
-    from nad.viz import attention_figure, trigger_figure
+    from nad.viz import attention_figure, evidence_figure
 
     save_model(result.model, out)
     write_json(out / "results.json", {**summary, "curves": result.curves})
@@ -388,7 +388,7 @@ def save_erase_outputs(
     if result.evidence is not None:
         for when, found in (("before", result.evidence.before), ("after", result.evidence.after)):
             for c in found.flagged:
-                trigger_figure(found.masks[c], found.patterns[c], out / f"trigger-{when}-class-{c}.png", c)
+                evidence_figure(found, c, out / f"trigger-{when}-class-{c}.png")
     write_erase_report(out, summary, result.curves, figure)
 
 

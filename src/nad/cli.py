@@ -165,7 +165,7 @@ def _scan_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (default fp32)")
-    p.add_argument("--out", help="folder for scan.json and the inverted triggers of flagged classes (PNG)")
+    p.add_argument("--out", help="folder for scan.json and a picture of the evidence for each flagged class (PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     p.add_argument("--seed", type=int, default=0)
     model_args(p)

@@ -185,7 +185,7 @@ def run_scan(args: argparse.Namespace) -> int:
     """``nad scan``: the verdict line, the per-class table, and with ``--out`` the JSON and trigger pictures."""
     from nad.api import select_clean
     from nad.scan import STRIPE_EPS, ScanConfig, format_table, scan
-    from nad.viz import trigger_figure
+    from nad.viz import evidence_figure
 
     device = resolve_device(args.device, args.deterministic)
     clf = load_classifier(args).to(device)
@@ -209,7 +209,7 @@ def run_scan(args: argparse.Namespace) -> int:
         with output_set(out) as folder:
             write_json(folder / "scan.json", {"model": str(args.model), "clean_size": len(clean), **result.to_json()})
             for c in result.flagged:
-                trigger_figure(result.masks[c], result.patterns[c], folder / f"trigger-class-{c}.png", c)
+                evidence_figure(result, c, folder / f"trigger-class-{c}.png")
     return 0
 
 

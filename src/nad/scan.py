@@ -150,6 +150,9 @@ class ScanConfig:
             raise NadError(f"scan: precision must be fp32 or bf16, got {self.precision!r}")
 
 
+PICTURES = ("masks", "patterns", "perturbations", "warps")  # tensors of a ScanResult, left out of its JSON
+
+
 @dataclass
 class ScanResult:
     """Per class: the inverted trigger's mask norm, the UAP and the neuron perturbation's success rates (%),
@@ -174,6 +177,7 @@ class ScanResult:
     stripe_index: list[float] = field(default_factory=list)
     warp_success: list[float] = field(default_factory=list)
     warp_index: list[float] = field(default_factory=list)
+    warps: Tensor | None = field(default=None, repr=False)  # the warp measure's control offsets (K, 2, g, g), pixels
 
     @property
     def trigger_flagged(self) -> list[int]:
@@ -187,10 +191,19 @@ class ScanResult:
             return "no class stands out"
         return "backdoor suspected: class " + ", ".join(map(str, self.flagged))
 
-    def to_json(self) -> dict:
-        data = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("masks", "patterns", "perturbations")
+    def evidence(self, c: int) -> dict[str, float]:
+        """The measures whose index flags class ``c``, by name, with that index."""
+        indices = {
+            "trigger inversion": self.nc_index,
+            "universal perturbation": self.uap_index,
+            "neuron perturbation": self.neuron_index,
+            "stripes": self.stripe_index,
+            "warp": self.warp_index,
         }
+        return {name: index[c] for name, index in indices.items() if index and index[c] > self.threshold}
+
+    def to_json(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in PICTURES}
         data["verdict"] = self.verdict
         return data
 
@@ -262,7 +275,7 @@ def scan(clf: Classifier, clean: ImageData, cfg: ScanConfig = ScanConfig(), quie
         success, perturbations = universal_success(clf, clean, cfg, gen, quiet)
         neuron = neuron_success(clf, clean, cfg, gen, quiet)
         stripe = stripe_success(clf, clean, cfg, gen, quiet)  # last: the draws of the others stay as they were
-        warp = warp_success(clf, clean, cfg, quiet)  # its own generator: the same draws with or without stripes
+        warp, warps = warp_success(clf, clean, cfg, quiet)  # its own generator: the same draws with or without stripes
     finally:
         for p, g in zip(module.parameters(), grads):
             p.requires_grad_(g)
@@ -295,6 +308,7 @@ def scan(clf: Classifier, clean: ImageData, cfg: ScanConfig = ScanConfig(), quie
         by_stripe,
         warp,
         by_warp,
+        warps,
     )
 
 
@@ -392,13 +406,13 @@ def stripe_success(
     return [max(a, b) for a, b in zip(columns, rows)]
 
 
-def warp_success(clf: Classifier, clean: ImageData, cfg: ScanConfig, quiet: bool) -> list[float]:
+def warp_success(clf: Classifier, clean: ImageData, cfg: ScanConfig, quiet: bool) -> tuple[list[float], Tensor | None]:
     """Per class t: the success rate (%) of one smooth warp towards t, ``warp_grid`` x ``warp_grid`` control
     offsets within ``warp_bound`` pixels upsampled bicubic to the image, found by ``uap_steps`` signed steps of
-    a quarter of the bound on random clean images, at sending held-out clean images of other classes to t;
-    ``[]`` when ``warp_bound`` is 0 (measure off). Drawn from its own generator (``cfg.seed``)."""
+    a quarter of the bound on random clean images, at sending held-out clean images of other classes to t; and
+    the offsets (K, 2, g, g). ``[]`` and None when ``warp_bound`` is 0 (off). Drawn from its own generator."""
     if cfg.warp_bound == 0:
-        return []
+        return [], None
     k = clf.info.num_classes
     device = clean.device
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -411,9 +425,10 @@ def warp_success(clf: Classifier, clean: ImageData, cfg: ScanConfig, quiet: bool
         with torch.no_grad():
             offsets.sub_(cfg.warp_bound / 4 * grad.sign()).clamp_(-cfg.warp_bound, cfg.warp_bound)
     with torch.no_grad():
-        return held_out_rates(
+        rates = held_out_rates(
             clf, clean, cfg, gen, lambda x, t: warp_images(x, offsets, torch.full((len(x),), t, device=device))
         )
+    return rates, offsets.detach().cpu()
 
 
 def held_out_rates(
@@ -435,10 +450,15 @@ def warp_images(x: Tensor, offsets: Tensor, group: Tensor) -> Tensor:
     """Images ``x`` (N, C, H, W) in [0, 1], image i warped by the control offsets ``offsets[group[i]]``
     ((K, 2, g, g), in pixels, x then y), upsampled bicubic to the image size; bilinear sampling, as WaNet's."""
     h, w = x.shape[-2:]
-    field = F.interpolate(offsets, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    field = warp_field(offsets, h, w)
     to_grid = torch.tensor([2 / (w - 1), 2 / (h - 1)], device=x.device)  # pixels -> grid_sample's [-1, 1]
     grids = (identity_grid(h, w).to(x.device) + field * to_grid).clamp(-1, 1)
     return F.grid_sample(x, grids[group], mode="bilinear", align_corners=True)
+
+
+def warp_field(offsets: Tensor, h: int, w: int) -> Tensor:
+    """Control offsets (K, 2, g, g) upsampled bicubic to per-pixel displacements (K, H, W, 2), in pixels (x, y)."""
+    return F.interpolate(offsets, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
 
 
 def universal_rates(

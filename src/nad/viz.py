@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from nad.attention import FeatureHooks
 from nad.io import atomic_path
 from nad.models.checkpoint import Classifier
+from nad.scan import ScanResult, warp_field
 
 
 @torch.inference_mode()
@@ -135,16 +136,52 @@ def attack_figure(
     return save_figure(fig, out)
 
 
-def trigger_figure(mask: Tensor, pattern: Tensor, out: str | Path, target: int) -> Path:
-    """An inverted trigger (``nad scan``): its mask (H, W), its pattern (C, H, W) and the two stamped together."""
-    mask, pattern = mask.float().cpu().squeeze(0), pattern.float().cpu()
-    stamped = (pattern * mask).permute(1, 2, 0).squeeze(-1)
-    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8))
-    for ax, image, title in zip(
-        axes, (mask, pattern.permute(1, 2, 0).squeeze(-1), stamped), ("mask", "pattern", "mask x pattern")
-    ):
-        ax.imshow(image.numpy(), cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
-        ax.set_title(title)
+def evidence_panels(result: ScanResult, target: int) -> list[tuple[str, Tensor]]:
+    """The pictures of what made the scan flag class ``target``, by title: the inverted trigger (``mask``,
+    ``pattern``, ``mask x pattern``) where trigger inversion flagged it, the ``universal perturbation`` (scaled
+    to its largest value) where that did, the ``warp``'s control offsets where the warp did. A measure with no
+    picture (the neuron perturbation, the stripes) is named in the figure's title only; where no measure with a
+    picture flagged the class, the inverted trigger is drawn, for reference."""
+    evidence = result.evidence(target)
+    panels = []
+    if "trigger inversion" in evidence or not {"universal perturbation", "warp"} & evidence.keys():
+        mask, pattern = result.masks[target].float().squeeze(0), result.patterns[target].float()
+        stamped = (pattern * mask).permute(1, 2, 0).squeeze(-1)
+        panels += [("mask", mask), ("pattern", pattern.permute(1, 2, 0).squeeze(-1)), ("mask x pattern", stamped)]
+    if "universal perturbation" in evidence:
+        delta = result.perturbations[target].float()
+        scaled = 0.5 + 0.5 * delta / delta.abs().max().clamp_min(1e-12)
+        panels.append(("universal perturbation", scaled.permute(1, 2, 0).squeeze(-1)))
+    if "warp" in evidence:
+        panels.append(("warp", result.warps[target]))
+    return panels
+
+
+def evidence_figure(result: ScanResult, target: int, out: str | Path) -> Path:
+    """:func:`evidence_panels` in one row, titled with the measures that flagged ``target`` and their indices."""
+    panels = evidence_panels(result, target)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4.5, 2.5 * len(panels)), 3.2), squeeze=False)
+    for ax, (title, image) in zip(axes[0], panels):
+        if title == "warp":
+            draw_warp(ax, image, result.masks.shape[-2:])
+        else:
+            ax.imshow(image.numpy(), cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_title(title)
         ax.axis("off")
-    fig.suptitle(f"inverted trigger for class {target} (mask L1 {float(mask.sum()):.1f})")
+    named = ", ".join(f"{name} {index:.1f}" for name, index in result.evidence(target).items()) or "none"
+    fig.suptitle(f"class {target}, anomaly index by\n{named}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.86))  # room for the two-line title above the panels' own
     return save_figure(fig, out)
+
+
+def draw_warp(ax: plt.Axes, offsets: Tensor, size: torch.Size) -> None:
+    """The displacement of a warp's control offsets (2, g, g) over an image of ``size``: its length in pixels
+    as a shade, and arrows (lengthened to be seen) on an 8 x 8 grid."""
+    h, w = size
+    field = warp_field(offsets[None].float(), h, w)[0]  # (H, W, 2), pixels
+    ax.imshow(field.norm(dim=-1).numpy(), cmap="magma", vmin=0)
+    step = max(1, h // 8)
+    ys, xs = torch.meshgrid(torch.arange(0, h, step), torch.arange(0, w, step), indexing="ij")
+    arrows = field[::step, ::step]
+    ax.quiver(xs.numpy(), ys.numpy(), arrows[..., 0].numpy(), arrows[..., 1].numpy(), color="cyan", angles="xy")
+    ax.set_title(f"warp (up to {float(field.abs().max()):.2f} px)")
