@@ -25,6 +25,7 @@ from nad.data import load_data
 from nad.data.dataset import stratified_split
 from nad.defenses.registry import defense_class
 from nad.defenses.settings import RunSettings, defense_config
+from nad.errors import NadError
 from nad.metrics import accuracy, evaluate
 from nad.models import load_model
 from nad.scan import ScanConfig, scan
@@ -65,6 +66,11 @@ def main() -> None:
     parser.add_argument("--scan", action="store_true", help="also scan each result on the validation images")
     parser.add_argument("--table-only", action="store_true", help="print the cached results; run nothing")
     args = parser.parse_args()
+    settings = RunSettings(seed=args.seed, precision=args.precision)
+    try:  # every spec is checked before anything runs
+        configs = {spec: defense_config(spec, settings) for spec in args.specs}
+    except NadError as error:
+        parser.error(str(error))
     path = RESULTS / f"defense-sweep-{args.model.name}-s{args.seed}.json"
     if args.table_only:
         print(markdown(json.loads(path.read_text())["rows"]))
@@ -82,12 +88,10 @@ def main() -> None:
     if "before" not in rows:
         rows["before"] = scores(model, val, test, attack, args.scan, args.seed)
     print("before", rows["before"], flush=True)
-    settings = RunSettings(seed=args.seed, precision=args.precision)
-    for spec in args.specs:
+    for spec, (name, config) in configs.items():
         if spec in rows and ("scan" in rows[spec] or not args.scan):
             print(spec, rows[spec], "(cached)", flush=True)
             continue
-        name, config = defense_config(spec, settings)
         start = time.perf_counter()
         purified = defense_class(name)(config).repair(model, tune, quiet=True).model
         rows[spec] = {"seconds": round(time.perf_counter() - start, 1)}
