@@ -24,9 +24,10 @@ def test_a_benchmark_with_a_main_runs_it_as_a_module(script: Path) -> None:
     assert runs_main_as_script(ast.parse(script.read_text())), f"python -m benchmarks.{script.stem} would do nothing"
 
 
-def test_the_tone_probe_family_holds_sigs_trigger() -> None:
+def test_the_tone_probe_family_holds_sigs_trigger(monkeypatch: pytest.MonkeyPatch) -> None:
     """The probe's claim that a pure tone can express SIG's trigger: the column tone of 6 periods at phase 0
     is SIG's signal, and ``describe`` names it so."""
+    monkeypatch.syspath_prepend(str(SCRIPTS[0].parents[1]))  # the scripts run from the repository root
     from benchmarks.tone_probe import describe, tones
     from nad.attacks.sig import sinusoid
 
