@@ -22,61 +22,20 @@ highest on both SIG models, but a natural "sink" class of several other models, 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Any
-
-import torch
-from torch import Tensor
 
 from benchmarks.common import class_rates, merged_with_committed, probe_model, report
 from nad.data import load_data
 from nad.data.dataset import ImageData
 from nad.models.checkpoint import Classifier
-from nad.scan import WARP_RATE_FLOOR, ScanConfig, forward, held_out_rates
-
-FREQUENCIES = range(1, 13)  # periods across the image; SIG's is 6
-PHASES = [i * math.pi / 4 for i in range(8)]
-SEARCH = 240
+from nad.scan import WARP_RATE_FLOOR, ScanConfig, describe_tone, tone_success
 
 
-def tones(h: int, w: int, amplitude: float) -> Tensor:
-    """Every tone of the family, (P, 1, H, W): varying along the columns (as SIG's) and then along the rows."""
-    out = []
-    for n, shape in ((w, (1, 1, w)), (h, (1, h, 1))):
-        j = torch.arange(n, dtype=torch.float64)
-        for f in FREQUENCIES:
-            for phase in PHASES:
-                signal = (amplitude * torch.sin(2 * math.pi * j * f / n + phase)).float()
-                out.append(signal.view(shape).expand(1, h, w))
-    return torch.stack(out)
-
-
-def tone_success(clf: Classifier, clean: ImageData, amplitude: float, seed: int = 0) -> tuple[list[float], list[int]]:
-    """Per class t: the held-out success rate (%) of the tone that sent most drawn images of other classes to
-    t, and that tone's index in :func:`tones`."""
-    cfg = ScanConfig(seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    patterns = tones(*clean.image_shape[1:], amplitude).to(clean.device)
-    index = torch.randint(len(clean), (SEARCH,), generator=gen).to(clean.device)
-    x, y = clean.x[index].float().div_(255), clean.y[index]
-    k = clf.info.num_classes
-    others = torch.stack([y != t for t in range(k)])  # (K, N): the images whose class is not t
-    with torch.no_grad():
-        hits = torch.stack([forward(clf, (x + p).clamp(0, 1), cfg).argmax(1) for p in patterns])  # (P, N)
-        reached = (hits[:, None, :] == torch.arange(k, device=x.device)[None, :, None]) & others[None]
-        best = reached.sum(2).argmax(0)  # (K,)
-        rates = held_out_rates(clf, clean, cfg, gen, lambda z, t: (z + patterns[best[t]]).clamp(0, 1))
-    return rates, best.tolist()
-
-
-def describe(index: int) -> str:
-    """A tone's index in :func:`tones` in words, e.g. ``columns f=6 phase=0/8``."""
-    per_axis = len(FREQUENCIES) * len(PHASES)
-    axis = "columns" if index < per_axis else "rows"
-    f, phase = divmod(index % per_axis, len(PHASES))
-    return f"{axis} f={FREQUENCIES[f]} phase={phase}/8"
+def tone_rates(clf: Classifier, clean: ImageData, amplitude: float, seed: int = 0) -> tuple[list[float], list[int]]:
+    """The scan's tone measure at ``amplitude``: per class, the held-out success rate (%) and the tone."""
+    return tone_success(clf, clean, ScanConfig(seed=seed, tone_amplitude=amplitude), quiet=True)
 
 
 def probe(name: str, clean_pool: ImageData, amplitudes: list[int]) -> dict[str, Any]:
@@ -84,10 +43,9 @@ def probe(name: str, clean_pool: ImageData, amplitudes: list[int]) -> dict[str, 
     clf, clean = probe_model(name, clean_pool)
     rows = []
     for amplitude in amplitudes:
-        rates, best = tone_success(clf, clean, amplitude / 255)
-        rows.append(
-            {**class_rates(rates, WARP_RATE_FLOOR, amplitude=f"{amplitude}/255"), "tone_of_0": describe(best[0])}
-        )
+        rates, best = tone_rates(clf, clean, amplitude / 255)
+        tone_of_0 = describe_tone(best[0], *clean.image_shape[1:])
+        rows.append({**class_rates(rates, WARP_RATE_FLOOR, amplitude=f"{amplitude}/255"), "tone_of_0": tone_of_0})
     return {"model": name, "settings": rows, "seconds": round(time.perf_counter() - start, 1)}
 
 

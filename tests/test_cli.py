@@ -256,15 +256,19 @@ def test_erase_without_test_data_scores_on_held_out_clean_images(trained_dir, tm
     assert f"scored on {held_out} clean images held out" in capsys.readouterr().out
 
 
-def test_scan_command_writes_its_table_and_json_and_skips_the_warp_on_request(trained_dir, tmp_path, capsys):
+def test_scan_command_writes_its_table_and_json_and_skips_the_warp_and_tones_on_request(trained_dir, tmp_path, capsys):
     base = ["scan", str(trained_dir), "--clean", "digits", "--steps", "2", "--quiet", "--device", "cpu"]
     assert main([*base, "--out", str(tmp_path / "with")]) == 0
     stdout = capsys.readouterr().out
     full = json.loads((tmp_path / "with" / "scan.json").read_text())
     assert "warp index" in stdout and full["verdict"] in stdout
-    assert len(full["warp_success"]) == len(full["norms"]) == 10 and full["stripe_success"] == []
+    assert len(full["warp_success"]) == len(full["norms"]) == 10 and not full["stripes_alone"]
     assert main([*base, "--no-warp", "--stripes", "--out", str(tmp_path / "without")]) == 0
     stdout = capsys.readouterr().out
     other = json.loads((tmp_path / "without" / "scan.json").read_text())
     assert "warp index" not in stdout and other["warp_success"] == [] and len(other["stripe_success"]) == 10
+    assert other["stripes_alone"]
     assert other["norms"] == full["norms"]  # the other measures do not depend on the warp's
+    assert len(full["tone_success"]) == 10 and "tone index" in stdout  # the tones are on by default
+    assert main([*base, "--no-tones", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tone_success"] == []

@@ -21,9 +21,11 @@ from nad.scan import (
     ScanConfig,
     ScanResult,
     anomaly_index,
+    describe_tone,
     format_table,
     logit,
     scan,
+    tones,
     universal_rates,
 )
 
@@ -180,6 +182,57 @@ def test_the_warp_measure_has_its_own_draws_and_can_be_turned_off(clean_model):
         ScanConfig(warp_bound=-1.0)
 
 
+def test_the_tone_family_holds_sigs_trigger_once():
+    """A pure tone can express SIG's trigger: the column tone of 6 periods at phase 0 is SIG's signal, and it
+    is named so; on a 16-pixel image the family stops at 8 periods (above, a tone aliases a lower one)."""
+    from nad.attacks.sig import sinusoid
+
+    family = tones(32, 32, 20 / 255)
+    sig = (sinusoid(32, 20.0, 6.0) / 255).expand(32, 32)
+    matches = [i for i, tone in enumerate(family) if torch.allclose(tone[0], sig, atol=1e-6)]
+    assert len(family) == 2 * 12 * 8 and [describe_tone(i, 32, 32) for i in matches] == ["columns f=6 phase=0/8"]
+    assert len(tones(16, 16, 1.0)) == 2 * 8 * 8 and describe_tone(64, 16, 16) == "rows f=1 phase=0/8"
+
+
+@pytest.mark.slow
+def test_the_tones_name_the_target_of_a_sinusoid_blended_in_with_the_stripes_behind_them(tmp_path):
+    """SIG's clean-label poisoning does not take on the digits (every digit is learned from its shape; ASR about
+    10%), so the digits model here is backdoored with a sinusoid of 3 periods across the columns blended in at
+    0.2 (Blend with that pattern, dirty labels): an additive tone of 0.1 plus a loss of contrast."""
+    import numpy as np
+
+    from nad.attacks import parse_attack
+
+    column = 0.5 + 0.5 * np.sin(2 * np.pi * np.arange(16) * 3 / 16)
+    np.save(tmp_path / "tone.npy", np.tile(column, (16, 1)).astype(np.float32))
+    cfg = from_mapping(DemoConfig, load_yaml("demo"), "demo preset")
+    train, normalize = load_data(cfg.data, "train"), parse_normalize(cfg.normalize)
+    attack = parse_attack(f"blend:target=3,alpha=0.2,pattern={tmp_path / 'tone.npy'}")
+    model = train_model(train, cfg.arch, cfg.train, attack, None, normalize, quiet=True).model
+    result = scan(model, select_clean(train, 0.05, 0), ScanConfig(steps=20), quiet=True)
+    assert max(range(10), key=lambda c: result.tone_index[c]) == 3 and result.tone_index[3] > 2, result.to_json()
+    assert describe_tone(result.tone_best[3], 16, 16).startswith("columns")
+    assert len(result.stripe_index) == 10 and result.stripe_index[3] > 2  # drawn to corroborate the tone
+    assert result.periodic_index == [min(t, s) for t, s in zip(result.tone_index, result.stripe_index)]
+    assert 3 in result.flagged and "tone and stripes" in result.evidence(3) and "stripes" not in result.evidence(3)
+
+
+def test_the_tone_measure_has_its_own_draws_and_the_stripes_only_corroborate(clean_model):
+    clean = select_clean(load_data("digits"), 0.05, 0)
+    short = ScanConfig(steps=3, uap_steps=3, neuron_steps=2)
+    on = scan(clean_model, clean, short, quiet=True)  # on by default
+    off = scan(clean_model, clean, replace(short, tone_amplitude=0.0), quiet=True)
+    assert off.tone_success == [] and off.periodic_index == [] and len(on.tone_index) == 10
+    for key in ("norms", "uap_success", "neuron_success", "warp_success"):  # it changes no other measure
+        assert getattr(on, key) == getattr(off, key)
+    if max(on.tone_index) <= 2:  # no tone to corroborate: the stripes are not drawn, and cannot flag
+        assert on.stripe_success == [] and on.periodic_index == on.tone_index
+        assert "no stripes were drawn" in format_table(on)
+    assert "tone index" in format_table(on) and "tone index" not in format_table(off)
+    with pytest.raises(NadError, match="tone_amplitude"):
+        ScanConfig(tone_amplitude=-1.0)
+
+
 @pytest.mark.slow
 def test_the_warp_measure_names_the_target_of_a_wanet_backdoor():
     from nad.attacks import parse_attack
@@ -209,6 +262,8 @@ def hand_made_result(**indices: list[float]) -> ScanResult:
         neuron_index=indices.get("neuron", zero),
         warp_index=indices.get("warp", zero),
         warps=(torch.rand(4, 2, 4, 4) - 0.5),
+        periodic_index=indices.get("periodic", zero),
+        tone_best=[0, 1, 2, 3],
     )
 
 
@@ -217,6 +272,10 @@ def test_the_picture_of_a_flagged_class_shows_the_measures_that_flagged_it(tmp_p
 
     result = hand_made_result(nc=[3.0, 0, 0, 0], uap=[0, 2.5, 0, 0], warp=[0, 0, 4.0, 0], neuron=[0, 0, 0, 3.0])
     assert result.flagged == [0, 1, 2, 3]
+    periodic = hand_made_result(periodic=[0, 0, 0, 2.5])
+    assert periodic.evidence(3) == {"tone and stripes": 2.5}
+    assert [title for title, _ in evidence_panels(periodic, 3)] == ["tone: columns f=1 phase=3/8"]
+    assert evidence_figure(periodic, 3, tmp_path / "tone.png").stat().st_size > 1000
     assert result.evidence(2) == {"warp": 4.0} and result.evidence(1) == {"universal perturbation": 2.5}
     titles = {c: [title for title, _ in evidence_panels(result, c)] for c in result.flagged}
     assert titles[0] == ["mask", "pattern", "mask x pattern"]

@@ -158,10 +158,16 @@ def _scan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stripes",
         action="store_true",
-        help="add the stripe perturbations (24/255), which see SIG-like triggers but raise false flags (docs/scan.md)",
+        help="let the stripe perturbations (24/255) flag a class on their own, not only with a tone: they see "
+        "SIG-like triggers but raise false flags (docs/scan.md)",
     )
     p.add_argument(
         "--no-warp", action="store_true", help="skip the warp perturbations, the measure that sees WaNet-like triggers"
+    )
+    p.add_argument(
+        "--no-tones",
+        action="store_true",
+        help="skip the tones (and their stripes), the measure that sees SIG-like triggers",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (default fp32)")

@@ -195,8 +195,14 @@ def run_scan(args: argparse.Namespace) -> int:
     clean = select_clean(pool.to(device), args.clean_ratio, args.seed, clf.info.num_classes)
     stripe_eps = STRIPE_EPS if args.stripes else 0.0
     warp_bound = 0.0 if args.no_warp else ScanConfig.warp_bound
+    tone_amplitude = 0.0 if args.no_tones else ScanConfig.tone_amplitude
     cfg = ScanConfig(
-        steps=args.steps, seed=args.seed, precision=args.precision, stripe_eps=stripe_eps, warp_bound=warp_bound
+        steps=args.steps,
+        seed=args.seed,
+        precision=args.precision,
+        stripe_eps=stripe_eps,
+        warp_bound=warp_bound,
+        tone_amplitude=tone_amplitude,
     )
     result = scan(clf, clean, cfg, quiet=args.quiet)
     if args.json:

@@ -169,7 +169,10 @@ def evidence_section(evidence: dict[str, Any] | None) -> list[str]:
     if not evidence:
         return []
     before, after = evidence["before"], evidence["after"]
-    optional = [name for name in ("stripe", "warp") if before.get(f"{name}_success")]  # the measures that ran
+    # The optional measures that ran, before or after (the stripes may run on one side only, to corroborate a tone).
+    optional = [
+        name for name in ("stripe", "warp", "tone") if before.get(f"{name}_success") or after.get(f"{name}_success")
+    ]
     keys = ["neuron_success", "neuron_index"] + [f"{name}_{part}" for name in optional for part in ("success", "index")]
 
     def cells(scan: dict[str, Any], c: int) -> str:
@@ -186,8 +189,8 @@ def evidence_section(evidence: dict[str, Any] | None) -> list[str]:
         "<h2>Backdoor evidence (trigger-agnostic scan)</h2>",
         f"<p><b>{html.escape(evidence['verdict'])}</b>. Before: {html.escape(before['verdict'])}; after: "
         f"{html.escape(after['verdict'])}. A class is flagged when its inverted-trigger mask is unusually small or "
-        "its universal, neuron, stripe or warp perturbation unusually successful (anomaly index above "
-        f"{before['threshold']:g}); see <code>nad scan</code>.</p>",
+        "its universal, neuron or warp perturbation unusually successful, or both a pure tone and a stripe pattern "
+        f"are (anomaly index above {before['threshold']:g}); see <code>nad scan</code>.</p>",
         f'<table><tr><th></th><th colspan="{span}">before</th><th colspan="{span}">after</th></tr>'
         f"<tr><th>class</th>{head}{head}</tr>{rows}</table>",
     ]

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from nad.attention import FeatureHooks
 from nad.io import atomic_path
 from nad.models.checkpoint import Classifier
-from nad.scan import ScanResult, warp_field
+from nad.scan import ScanResult, describe_tone, tones, warp_field
 
 
 @torch.inference_mode()
@@ -140,11 +140,12 @@ def evidence_panels(result: ScanResult, target: int) -> list[tuple[str, Tensor]]
     """The pictures of what made the scan flag class ``target``, by title: the inverted trigger (``mask``,
     ``pattern``, ``mask x pattern``) where trigger inversion flagged it, the ``universal perturbation`` (scaled
     to its largest value) where that did, the ``warp``'s control offsets where the warp did. A measure with no
-    picture (the neuron perturbation, the stripes) is named in the figure's title only; where no measure with a
-    picture flagged the class, the inverted trigger is drawn, for reference."""
+    picture (the neuron perturbation, the stripes) is named in the figure's title only; where the tone and the
+    stripes flagged it, the tone found (grey: zero); where no measure with a picture flagged the class, the
+    inverted trigger is drawn, for reference."""
     evidence = result.evidence(target)
     panels = []
-    if "trigger inversion" in evidence or not {"universal perturbation", "warp"} & evidence.keys():
+    if "trigger inversion" in evidence or not {"universal perturbation", "warp", "tone and stripes"} & evidence.keys():
         mask, pattern = result.masks[target].float().squeeze(0), result.patterns[target].float()
         stamped = (pattern * mask).permute(1, 2, 0).squeeze(-1)
         panels += [("mask", mask), ("pattern", pattern.permute(1, 2, 0).squeeze(-1)), ("mask x pattern", stamped)]
@@ -154,6 +155,10 @@ def evidence_panels(result: ScanResult, target: int) -> list[tuple[str, Tensor]]
         panels.append(("universal perturbation", scaled.permute(1, 2, 0).squeeze(-1)))
     if "warp" in evidence:
         panels.append(("warp", result.warps[target]))
+    if "tone and stripes" in evidence:
+        h, w = result.masks.shape[-2:]
+        tone = tones(h, w, 1.0)[result.tone_best[target]]  # in [-1, 1]
+        panels.append((f"tone: {describe_tone(result.tone_best[target], h, w)}", 0.5 + 0.5 * tone[0]))
     return panels
 
 
