@@ -4,10 +4,11 @@
                               [--precision fp32|bf16] [--device cpu|cuda] [--stripes]
 
 The scan's work with defaults: ``steps`` (150) trigger-inversion steps, ``uap_steps`` (20) universal-perturbation
-steps, 20 more for the warp (and for each of the column and row stripes with ``--stripes``) and ``neuron_steps`` (5)
-neuron-perturbation steps, each a forward and a backward pass (to the input or the BatchNorm noise only: the
-weights are frozen) of ``batch`` (24) images per class, then ``holdout`` (256) forward passes per class for
-each perturbation. The floor is that many passes at the rates of
+steps, 20 more for the warp (and for each of the column and row stripes, with ``--stripes`` or where a tone
+stands out) and ``neuron_steps`` (5) neuron-perturbation steps, each a forward and a backward pass (to the input
+or the BatchNorm noise only: the weights are frozen) of ``batch`` (24) images per class, then ``holdout`` (256)
+forward passes per class for each perturbation; and the tones' search, a forward pass of ``batch`` images per
+class for each of 192 tones. The floor is that many passes at the rates of
 the same model's bare forward+backward and forward on random tensors of the scan's batch size.
 """
 
@@ -21,7 +22,7 @@ from benchmarks.common import report, timed
 from nad.api import select_clean
 from nad.data import load_data
 from nad.models import load_model
-from nad.scan import STRIPE_EPS, ScanConfig, forward, scan
+from nad.scan import STRIPE_EPS, ScanConfig, forward, scan, tones
 
 
 def bare_rates(clf, cfg: ScanConfig, batch: int, device: torch.device, steps: int = 10) -> tuple[float, float]:
@@ -59,10 +60,12 @@ def main() -> None:
     clean = select_clean(load_data(args.data, "train").to(device), 0.05, 0, k)
     result = scan(clf, clean, cfg, quiet=True)
     backward_rate, forward_rate = bare_rates(clf, cfg, k * cfg.batch, device)
-    # the free one, the warp, and the column and row stripes: each its steps, then its held-out passes
-    perturbations = 1 + (cfg.warp_bound > 0) + 2 * (cfg.stripe_eps > 0)
+    # the free one, the warp, and the column and row stripes (when drawn): each its steps, then its held-out passes
+    perturbations = 1 + (cfg.warp_bound > 0) + 2 * bool(result.stripe_success)
     passes = (cfg.steps + perturbations * cfg.uap_steps + cfg.neuron_steps) * k * cfg.batch
-    floor = passes / backward_rate + (perturbations + 1) * k * cfg.holdout / forward_rate
+    held_out = (perturbations + 1 + bool(result.tone_success)) * k * cfg.holdout  # the neuron's and the tones' too
+    tone_search = len(tones(*clean.image_shape[1:], cfg.tone_amplitude)) * k * cfg.batch if result.tone_success else 0
+    floor = passes / backward_rate + (held_out + tone_search) / forward_rate
     report(
         f"scan-{device.type}-{args.precision}" + ("-stripes" if args.stripes else ""),
         {
@@ -76,6 +79,8 @@ def main() -> None:
             "uap_index": [round(v, 2) for v in result.uap_index],
             "stripe_index": [round(v, 2) for v in result.stripe_index],
             "warp_index": [round(v, 2) for v in result.warp_index],
+            "tone_index": [round(v, 2) for v in result.tone_index],
+            "periodic_index": [round(v, 2) for v in result.periodic_index],
         },
     )
 

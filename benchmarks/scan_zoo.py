@@ -12,7 +12,9 @@ A model already done in ``OUT`` is read back, not rerun. The table goes to ``ben
 (``docs/scan.md`` carries it).
 
 ``--scan-only`` runs ``nad scan zoo/NAME --clean DATA --out OUT/NAME--scan`` instead (no defense): the verdict
-and the index of the target class by each of the five measures (``benchmarks/results/scan-only.json``).
+and the index of the target class by each measure (``benchmarks/results/scan-default.json``; with ``--stripes``,
+``nad scan --stripes`` and ``scan-only.json``; ``--table NAME`` names another). A NAME with a ``/`` is a model
+folder outside the zoo; its target is read from the attack it was trained with (``results.json``).
 
 Rows accumulate: a run over some models replaces their rows in the committed table and keeps the others (a
 model added to the zoo is scanned alone, not the whole zoo again); the table is in the zoo's name order.
@@ -46,44 +48,69 @@ def erase(name: str, data: str, out: Path, defense: str = "nad") -> dict[str, An
     return json.loads((folder / "results.json").read_text())
 
 
-def scan_only(name: str, data: str, out: Path) -> dict[str, Any]:
-    folder = out / f"{name}--scan"
+def model_folder(name: str) -> Path:
+    """A zoo model by name, or (a name with a ``/``) a model folder anywhere."""
+    return Path(name) if "/" in name else ZOO / name
+
+
+def attack_target(name: str) -> int | None:
+    """The target class of the attack the model was trained with (its ``results.json``); None for a clean one."""
+    from nad.attacks import parse_attack
+
+    spec = json.loads((model_folder(name) / "results.json").read_text())["config"].get("attack")
+    return parse_attack(spec).target if spec else None
+
+
+def scan_only(name: str, data: str, out: Path, stripes: bool = False) -> dict[str, Any]:
+    folder = out / (f"{Path(name).name}--scan" + ("-stripes" if stripes else ""))
     if not (folder / "scan.json").is_file():
-        command = [sys.executable, "-m", "nad", "scan", str(ZOO / name), "--clean", data, "--quiet", "--stripes"]
+        command = [sys.executable, "-m", "nad", "scan", str(model_folder(name)), "--clean", data, "--quiet"]
+        command += ["--stripes"] * stripes
         subprocess.run([*command, "--out", str(folder)], check=True)
     scan = json.loads((folder / "scan.json").read_text())
-    attack = json.loads((ZOO / name / "results.json").read_text())["config"].get("attack")
+    target = attack_target(name)
     return {
         "model": name,
-        "target": 0 if attack else None,  # every zoo attack targets class 0
+        "target": target,
         "flagged": scan["flagged"],
-        "indices_of_0": {
-            key: round(scan[key][0], 2)
-            for key in ("nc_index", "uap_index", "neuron_index", "stripe_index", "warp_index")
-            if scan.get(key)  # the warp measure: absent from scans made before it
+        "indices_of_target": {  # of class 0 for a clean model, as for the zoo's attacks
+            key: round(scan[key][target or 0], 2)
+            for key in ("nc_index", "uap_index", "neuron_index", "stripe_index", "warp_index", "tone_index")
+            if scan.get(key)  # a measure that did not run, or scans made before it
         },
+        "top_tone": max(range(len(scan["norms"])), key=lambda c: scan["tone_index"][c])
+        if scan.get("tone_index")
+        else None,
+        "max_tone_index": round(max(scan["tone_index"]), 2) if scan.get("tone_index") else None,
+        "periodic_flagged": [
+            c for c in scan["flagged"] if (scan.get("periodic_index") or [0] * 99)[c] > scan["threshold"]
+        ],
         "seconds": round(scan["seconds"], 1),
         "verdict": scan["verdict"],
     }
 
 
+MEASURES = {"nc_index": "NC", "uap_index": "UAP", "neuron_index": "ANP", "warp_index": "warp", "tone_index": "tone"}
+
+
 def scan_markdown(rows: list[dict[str, Any]]) -> str:
+    """The verdict per model, and the target's index by each measure (class 0 for a clean model; "–" where the
+    measure did not run: the stripes, drawn only to corroborate a tone, or a measure newer than the scan)."""
+    heads = [*MEASURES.values(), "stripe"]
     lines = [
-        "| model | flagged | NC index of 0 | UAP index of 0 | ANP index of 0 | stripe index of 0 | warp index of 0 "
-        "| named? |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | target | flagged | " + " | ".join(f"{h} index" for h in heads) + " | named? |",
+        "|---|---|---|" + "---|" * len(heads) + "---|",
     ]
     for r in rows:
         if r["target"] is None:
             named = "**false alarm**" if r["flagged"] else "no flag (right)"
         else:
             named = "yes" if r["target"] in r["flagged"] else "**no**"
-        i = r["indices_of_0"]
-        warp = f"{i['warp_index']:.2f}" if "warp_index" in i else "–"  # absent from scans made before it
-        lines.append(
-            f"| `{r['model']}` | {', '.join(map(str, r['flagged'])) or 'none'} | {i['nc_index']:.2f} "
-            f"| {i['uap_index']:.2f} | {i['neuron_index']:.2f} | {i['stripe_index']:.2f} | {warp} | {named} |"
-        )
+        i = r.get("indices_of_target") or r["indices_of_0"]  # the key of rows made before targets other than 0
+        cells = [f"{i[key]:.2f}" if key in i else "–" for key in [*MEASURES, "stripe_index"]]
+        target = "–" if r["target"] is None else str(r["target"])
+        flagged = ", ".join(map(str, r["flagged"])) or "none"
+        lines.append(f"| `{r['model']}` | {target} | {flagged} | " + " | ".join(cells) + f" | {named} |")
     return "\n".join(lines)
 
 
@@ -142,7 +169,7 @@ def merged(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def zoo_order(model: str) -> tuple[str, str]:
     """Profile, then clean before the attacks (``standard-clean`` heads the ``standard`` rows)."""
-    profile, _, attack = model.partition("-")
+    profile, _, attack = Path(model).name.partition("-")
     return profile, "" if attack == "clean" else attack
 
 
@@ -153,11 +180,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/scan-zoo"))
     parser.add_argument("--defense", default="nad", help="the defense between the two scans (nad erase --defense)")
     parser.add_argument("--scan-only", action="store_true", help="nad scan each model; no defense")
+    parser.add_argument("--stripes", action="store_true", help="with --scan-only: nad scan --stripes")
+    parser.add_argument(
+        "--table", help="with --scan-only: the results' name (default scan-default, scan-only with --stripes)"
+    )
     args = parser.parse_args()
     names = args.names or sorted(p.name for p in ZOO.iterdir() if (p / "model.safetensors").is_file())
     if args.scan_only:
-        rows = merged("scan-only", [scan_only(name, args.data, args.out) for name in names])
-        report("scan-only", {"data": args.data, "rows": rows})
+        table = args.table or ("scan-only" if args.stripes else "scan-default")
+        rows = merged(table, [scan_only(name, args.data, args.out, args.stripes) for name in names])
+        report(table, {"data": args.data, "stripes": args.stripes, "rows": rows})
         print(scan_markdown(rows))
         return
     name = "scan-zoo" if args.defense == "nad" else f"scan-zoo-{slug(args.defense)}"

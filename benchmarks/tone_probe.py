@@ -51,7 +51,9 @@ def probe(name: str, clean_pool: ImageData, amplitudes: list[int]) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=sorted(p.name for p in Path("zoo").iterdir() if p.is_dir()))
+    parser.add_argument(
+        "names", nargs="*", default=sorted(p.parent.name for p in Path("zoo").glob("*/model.safetensors"))
+    )
     parser.add_argument("--data", default="cifar10:data/cifar10")
     parser.add_argument("--amplitude", type=int, nargs="+", default=[16, 20, 24], help="in 1/255")
     args = parser.parse_args()

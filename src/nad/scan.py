@@ -121,7 +121,6 @@ STRIPE_EPS = 24 / 255  # the stripe perturbations' budget when they are on (``na
 WARP_RATE_FLOOR = 0.05
 TONE_FREQUENCIES = 12  # the tones' highest frequency, in periods across the image (SIG's: 6)
 TONE_PHASES = 8  # phases per frequency, in equal parts of a turn
-TONE_CHUNK = 4  # tones per forward pass
 
 
 @dataclass(frozen=True)
@@ -485,14 +484,14 @@ def tone_success(clf: Classifier, clean: ImageData, cfg: ScanConfig, quiet: bool
     patterns = tones(*clean.image_shape[1:], cfg.tone_amplitude).to(device)
     index = torch.randint(len(clean), (cfg.batch * k,), generator=gen).to(device)
     x, y = clean.x[index].float().div_(255), clean.y[index]
-    classes = torch.arange(k, device=device)[None, :, None]
+    classes = torch.arange(k, device=device)[None, :, None]  # (1, K, 1): against (N,) predictions, (1, K, N)
     counts = []  # per tone and class: how many drawn images of other classes it sends there
     with torch.no_grad():
-        for chunk in tqdm(patterns.split(TONE_CHUNK), desc="scan: tones", disable=quiet, leave=False):
-            moved = (x[None] + chunk[:, None]).clamp(0, 1).flatten(0, 1)
-            hits = forward(clf, moved, cfg).argmax(1).view(len(chunk), 1, -1)
-            counts.append(((hits == classes) & (y[None, None] != classes)).sum(2))
-        best = torch.cat(counts).argmax(0)
+        # One batch of ``batch`` x K images per tone: stacking tones into larger batches ran slower on CPU.
+        for tone in tqdm(patterns, desc="scan: tones", disable=quiet, leave=False):
+            hits = forward(clf, (x + tone).clamp(0, 1), cfg).argmax(1)
+            counts.append(((hits == classes) & (y != classes)).sum(2)[0])
+        best = torch.stack(counts).argmax(0)
         rates = held_out_rates(clf, clean, cfg, gen, lambda z, t: (z + patterns[best[t]]).clamp(0, 1))
     return rates, best.tolist()
 
