@@ -7,7 +7,9 @@ For each zoo model this runs, as a practitioner would (defaults; no fine-tuning 
     nad erase zoo/NAME --clean cifar10:data/cifar10 --no-baseline --defense SPEC --out OUT/NAME[--SPEC]
 
 whose results hold the scan before and after the defense, and the ASR the known attack allows measuring.
-A model already done in ``OUT`` is read back, not rerun. The table goes to ``benchmarks/results/scan-zoo.json``
+A model already done in ``OUT`` is read back, not rerun; ``--rescan`` makes both scans of such a model again with
+the current scan (the defended model from ``OUT``, the images ``nad erase`` scans), the defense left as it was.
+The table goes to ``benchmarks/results/scan-zoo.json``
 (``scan-zoo-SPEC.json`` for a defense other than the default ``nad``) and, as Markdown, to stdout
 (``docs/scan.md`` carries it).
 
@@ -39,8 +41,12 @@ def slug(defense: str) -> str:
     return "".join(c if c.isalnum() or c in "._" else "-" for c in defense)
 
 
+def erase_folder(name: str, out: Path, defense: str) -> Path:
+    return out / (name if defense == "nad" else f"{name}--{slug(defense)}")
+
+
 def erase(name: str, data: str, out: Path, defense: str = "nad") -> dict[str, Any]:
-    folder = out / (name if defense == "nad" else f"{name}--{slug(defense)}")
+    folder = erase_folder(name, out, defense)
     if not (folder / "results.json").is_file():
         command = [sys.executable, "-m", "nad", "erase", str(ZOO / name), "--clean", data, "--no-baseline"]
         command += ["--defense", defense]
@@ -93,6 +99,24 @@ def scan_only(name: str, data: str, out: Path, stripes: bool = False) -> dict[st
 MEASURES = {"nc_index": "NC", "uap_index": "UAP", "neuron_index": "ANP", "warp_index": "warp", "tone_index": "tone"}
 
 
+def rescan(name: str, data: str, out: Path, defense: str) -> dict[str, Any]:
+    """The results of an earlier ``erase`` run with both scans made again by the current ``nad scan`` defaults,
+    on the images ``nad erase`` scans (the defended model is the one that run saved): for a measure added
+    after the run, without running the defense again."""
+    from nad.api import scan_images, split_clean
+    from nad.data import load_data
+    from nad.models import load_model
+    from nad.scan import ScanComparison, ScanConfig, scan
+
+    folder = erase_folder(name, out, defense)
+    results = json.loads((folder / "results.json").read_text())
+    original, defended = load_model(model_folder(name)), load_model(folder)
+    clean, rest = split_clean(load_data(data, "train"), 0.05, 0, original.info.num_classes)
+    images, cfg = scan_images(clean, rest, 0), ScanConfig(seed=0)
+    comparison = ScanComparison(scan(original, images, cfg, quiet=True), scan(defended, images, cfg, quiet=True))
+    return {**results, "scan": comparison.to_json()}
+
+
 def scan_markdown(rows: list[dict[str, Any]]) -> str:
     """The verdict per model, and the target's index by each measure (class 0 for a clean model; "–" where the
     measure did not run: the stripes, drawn only to corroborate a tone, or a measure newer than the scan)."""
@@ -133,7 +157,10 @@ def row(name: str, results: dict[str, Any]) -> dict[str, Any]:
         "acc_after": after["acc"],
         "flagged_before": scan["before"]["flagged"],
         "flagged_after": scan["after"]["flagged"],
-        **{f"{measure}_index_target": of_target(measure) for measure in ("nc", "uap", "stripe", "warp")},
+        **{
+            f"{measure}_index_target": of_target(measure)
+            for measure in ("nc", "uap", "stripe", "warp", "tone", "periodic")
+        },
         "scan_seconds": [round(scan[w]["seconds"], 1) for w in ("before", "after")],
         "verdict": scan["verdict"],
     }
@@ -148,8 +175,8 @@ def markdown(rows: list[dict[str, Any]], defense: str = "nad") -> str:
 
     lines = [
         f"| model | ASR before / after {'NAD' if defense == 'nad' else f'`{defense}`'} | flagged before | "
-        "flagged after | NC index of 0 | UAP index of 0 | stripe index of 0 | warp index of 0 |",
-        "|---|---|---|---|---|---|---|---|",
+        "flagged after | NC index of 0 | UAP index of 0 | stripe index of 0 | warp index of 0 | tone index of 0 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -157,7 +184,7 @@ def markdown(rows: list[dict[str, Any]], defense: str = "nad") -> str:
             f"{', '.join(map(str, r['flagged_before'])) or 'none'} | "
             f"{', '.join(map(str, r['flagged_after'])) or 'none'} | "
             f"{idx(r['nc_index_target'])} | {idx(r['uap_index_target'])} | {idx(r.get('stripe_index_target'))} | "
-            f"{idx(r.get('warp_index_target'))} |"
+            f"{idx(r.get('warp_index_target'))} | {idx(r.get('tone_index_target'))} |"
         )
     return "\n".join(lines)
 
@@ -181,6 +208,7 @@ def main() -> None:
     parser.add_argument("--defense", default="nad", help="the defense between the two scans (nad erase --defense)")
     parser.add_argument("--scan-only", action="store_true", help="nad scan each model; no defense")
     parser.add_argument("--stripes", action="store_true", help="with --scan-only: nad scan --stripes")
+    parser.add_argument("--rescan", action="store_true", help="scan the models OUT holds again, before and after")
     parser.add_argument(
         "--table", help="with --scan-only: the results' name (default scan-default, scan-only with --stripes)"
     )
@@ -193,7 +221,8 @@ def main() -> None:
         print(scan_markdown(rows))
         return
     name = "scan-zoo" if args.defense == "nad" else f"scan-zoo-{slug(args.defense)}"
-    rows = merged(name, [row(model, erase(model, args.data, args.out, args.defense)) for model in names])
+    run = rescan if args.rescan else erase
+    rows = merged(name, [row(model, run(model, args.data, args.out, args.defense)) for model in names])
     report(name, {"data": args.data, "defense": args.defense, "rows": rows})
     print(markdown(rows, args.defense))
 

@@ -11,9 +11,10 @@ Two defenses of this package each fail where the other works, and the scan tells
   more clean accuracy and time (2,000 mask iterations) where ``nc`` suffices.
 
 So ``auto`` scans the model once (``nc.scan``, with ``nc``'s seed and precision: Neural Cleanse's trigger
-inversion, the universal adversarial perturbation and the neuron perturbation, :mod:`nad.scan`). Where a class
-is flagged with an input trigger (``ScanResult.trigger_flagged``), it unlearns those triggers as ``nc`` does,
-from the same scan; otherwise, a class flagged by the neuron perturbation alone included, it runs ``anp_ft``.
+inversion, the universal adversarial perturbation, and the neuron, warp and tone measures, :mod:`nad.scan`).
+Where a class is flagged with an input trigger (``ScanResult.trigger_flagged``), it unlearns those triggers as
+``nc`` does, from the same scan; otherwise, a class flagged by the neuron, warp or tone measure alone included
+(WaNet's and SIG's targets), it runs ``anp_ft``.
 The log says which route was taken (``route``), with that defense's own log. Each route is that defense
 unchanged, with its own defaults: with the same seed, ``auto`` gives bit for bit what the chosen defense gives.
 """
