@@ -15,6 +15,7 @@ the same model's bare forward+backward and forward on random tensors of the scan
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -23,6 +24,8 @@ from nad.api import select_clean
 from nad.data import load_data
 from nad.models import load_model
 from nad.scan import STRIPE_EPS, ScanConfig, forward, scan, tones
+
+DEFAULT_MODEL = "zoo/reference-badnets"
 
 
 def bare_rates(clf, cfg: ScanConfig, batch: int, device: torch.device, steps: int = 10) -> tuple[float, float]:
@@ -47,7 +50,7 @@ def bare_rates(clf, cfg: ScanConfig, batch: int, device: torch.device, steps: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="zoo/reference-badnets")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--data", default="cifar10:data/cifar10")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", default="cpu")
@@ -67,7 +70,9 @@ def main() -> None:
     tone_search = len(tones(*clean.image_shape[1:], cfg.tone_amplitude)) * k * cfg.batch if result.tone_success else 0
     floor = passes / backward_rate + (held_out + tone_search) / forward_rate
     report(
-        f"scan-{device.type}-{args.precision}" + ("-stripes" if args.stripes else ""),
+        f"scan-{device.type}-{args.precision}"
+        + ("-stripes" if args.stripes else "")
+        + ("" if args.model == DEFAULT_MODEL else f"-{Path(args.model).name}"),
         {
             "config": {"model": args.model, "data": args.data, "clean_size": len(clean), **vars(cfg)},
             "seconds": round(result.seconds, 1),
