@@ -210,7 +210,8 @@ def main() -> None:
     parser.add_argument("--stripes", action="store_true", help="with --scan-only: nad scan --stripes")
     parser.add_argument("--rescan", action="store_true", help="scan the models OUT holds again, before and after")
     parser.add_argument(
-        "--table", help="with --scan-only: the results' name (default scan-default, scan-only with --stripes)"
+        "--table",
+        help="the results' name (default scan-zoo[-SPEC]; with --scan-only scan-default, or scan-only with --stripes)",
     )
     args = parser.parse_args()
     names = args.names or sorted(p.name for p in ZOO.iterdir() if (p / "model.safetensors").is_file())
@@ -220,7 +221,7 @@ def main() -> None:
         report(table, {"data": args.data, "stripes": args.stripes, "rows": rows})
         print(scan_markdown(rows))
         return
-    name = "scan-zoo" if args.defense == "nad" else f"scan-zoo-{slug(args.defense)}"
+    name = args.table or ("scan-zoo" if args.defense == "nad" else f"scan-zoo-{slug(args.defense)}")
     run = rescan if args.rescan else erase
     rows = merged(name, [row(model, run(model, args.data, args.out, args.defense)) for model in names])
     report(name, {"data": args.data, "defense": args.defense, "rows": rows})
