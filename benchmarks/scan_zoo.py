@@ -74,7 +74,7 @@ def scan_only(name: str, data: str, out: Path, stripes: bool = False) -> dict[st
         command += ["--stripes"] * stripes
         subprocess.run([*command, "--out", str(folder)], check=True)
     scan = json.loads((folder / "scan.json").read_text())
-    target = attack_target(name)
+    target, periodic = attack_target(name), scan.get("periodic_index")  # the tones' rule: absent from older scans
     return {
         "model": name,
         "target": target,
@@ -88,9 +88,7 @@ def scan_only(name: str, data: str, out: Path, stripes: bool = False) -> dict[st
         if scan.get("tone_index")
         else None,
         "max_tone_index": round(max(scan["tone_index"]), 2) if scan.get("tone_index") else None,
-        "periodic_flagged": [
-            c for c in scan["flagged"] if (scan.get("periodic_index") or [0] * 99)[c] > scan["threshold"]
-        ],
+        "periodic_flagged": [c for c in scan["flagged"] if periodic and periodic[c] > scan["threshold"]],
         "seconds": round(scan["seconds"], 1),
         "verdict": scan["verdict"],
     }
