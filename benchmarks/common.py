@@ -16,7 +16,7 @@ import torch
 from nad.api import select_clean
 from nad.data.dataset import ImageData
 from nad.models.checkpoint import Classifier, load_model
-from nad.scan import UAP_FLOOR, anomaly_index, logit
+from nad.scan import rate_index
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,7 +80,7 @@ def class_rates(rates: list[float], rate_floor: float = 0.005, **setting: Any) -
     """One probe setting's per-class success rates (%) with their anomaly indices as ``nad scan`` takes them
     (log-odds, rates clipped to ``rate_floor``, the MAD at least the scan's floor): the index of class 0, which
     every zoo attack targets, and the class that scores highest."""
-    index = anomaly_index([logit(r / 100, rate_floor) for r in rates], low=False, floor=UAP_FLOOR)
+    index = rate_index(rates, rate_floor)
     top = max(range(len(index)), key=index.__getitem__)
     return {
         **setting,
