@@ -42,13 +42,14 @@ def slug(defense: str) -> str:
 
 
 def erase_folder(name: str, out: Path, defense: str) -> Path:
-    return out / (name if defense == "nad" else f"{name}--{slug(defense)}")
+    base = Path(name).name
+    return out / (base if defense == "nad" else f"{base}--{slug(defense)}")
 
 
 def erase(name: str, data: str, out: Path, defense: str = "nad") -> dict[str, Any]:
     folder = erase_folder(name, out, defense)
     if not (folder / "results.json").is_file():
-        command = [sys.executable, "-m", "nad", "erase", str(ZOO / name), "--clean", data, "--no-baseline"]
+        command = [sys.executable, "-m", "nad", "erase", str(model_folder(name)), "--clean", data, "--no-baseline"]
         command += ["--defense", defense]
         subprocess.run([*command, "--out", str(folder), "--quiet", "--overwrite"], check=True)
     return json.loads((folder / "results.json").read_text())
@@ -138,13 +139,15 @@ def scan_markdown(rows: list[dict[str, Any]]) -> str:
 
 def row(name: str, results: dict[str, Any]) -> dict[str, Any]:
     scan, before, after = results["scan"], results["before"], results["after"]
-    target = 0 if results["config"]["attack"] else None  # every zoo attack targets class 0
+    target = attack_target(name)
 
     def of_target(measure: str) -> list[float] | None:
         """The target's index by ``measure`` before and after; None for a clean model, or where the measure
         did not run (the opt-in stripes, or the warp in scans made before it)."""
         ran = all(scan[w].get(f"{measure}_index") for w in ("before", "after"))
-        return [scan[w][f"{measure}_index"][0] for w in ("before", "after")] if target is not None and ran else None
+        return (
+            [scan[w][f"{measure}_index"][target] for w in ("before", "after")] if target is not None and ran else None
+        )
 
     return {
         "model": name,
@@ -172,13 +175,14 @@ def markdown(rows: list[dict[str, Any]], defense: str = "nad") -> str:
         return "–" if pair is None else f"{pair[0]:.1f} / {pair[1]:.1f}"
 
     lines = [
-        f"| model | ASR before / after {'NAD' if defense == 'nad' else f'`{defense}`'} | flagged before | "
-        "flagged after | NC index of 0 | UAP index of 0 | stripe index of 0 | warp index of 0 | tone index of 0 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| model | target | ASR before / after {'NAD' if defense == 'nad' else f'`{defense}`'} | flagged before | "
+        "flagged after | target's NC index | UAP index | stripe index | warp index | tone index |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        target = "–" if r["target"] is None else str(r["target"])
         lines.append(
-            f"| `{r['model']}` | {pct(r['asr_before'])} / {pct(r['asr_after'])} | "
+            f"| `{r['model']}` | {target} | {pct(r['asr_before'])} / {pct(r['asr_after'])} | "
             f"{', '.join(map(str, r['flagged_before'])) or 'none'} | "
             f"{', '.join(map(str, r['flagged_after'])) or 'none'} | "
             f"{idx(r['nc_index_target'])} | {idx(r['uap_index_target'])} | {idx(r.get('stripe_index_target'))} | "

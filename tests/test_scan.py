@@ -16,6 +16,7 @@ from nad.demo import DemoConfig
 from nad.errors import NadError
 from nad.models import parse_normalize
 from nad.scan import (
+    ONLY_AFTER,
     STRIPE_EPS,
     ScanComparison,
     ScanConfig,
@@ -105,14 +106,29 @@ def test_indices_compare_log_norms_and_log_odds():
         ((), (), "no class stands out, before or after the defense"),
         ((0,), (), "backdoor evidence before the defense (class 0) is gone after it"),
         ((0, 3), (3,), "backdoor evidence remains: class 3 still stands out after the defense"),
-        ((0,), (2,), "the evidence for class 0 is gone, but class 2 stands out after the defense"),
-        ((), (1,), "no class stood out before the defense; after it, class 1 stands out"),
+        (
+            (0,),
+            (2,),
+            "backdoor evidence before the defense (class 0) is gone after it; class 2 stands out only after it "
+            f"({ONLY_AFTER})",
+        ),
+        ((), (1, 4), f"no class stood out before the defense; classes 1, 4 stand out only after it ({ONLY_AFTER})"),
+        (
+            (0,),
+            (0, 9),
+            "backdoor evidence remains: class 0 still stands out after the defense; class 9 stands out only after it "
+            f"({ONLY_AFTER})",
+        ),
     ],
 )
 def test_comparison_verdicts(before, after, verdict):
+    """A class flagged only after the defense is told apart from evidence the defense left."""
     comparison = ScanComparison(flagged(*before), flagged(*after))
     assert comparison.verdict == verdict
-    assert comparison.to_json()["before"]["flagged"] == list(before)
+    data = comparison.to_json()
+    assert data["before"]["flagged"] == list(before)
+    assert data["remaining"] == sorted(set(before) & set(after))
+    assert data["new"] == sorted(set(after) - set(before))
 
 
 def test_class_neuron_noise_perturbs_only_the_images_of_its_class(clean_model):

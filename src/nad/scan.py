@@ -235,28 +235,61 @@ class ScanResult:
         return data
 
 
+#: What a class flagged only after a defense most likely is (ScanComparison's docstring says why).
+ONLY_AFTER = "likely a natural sink, not a backdoor: docs/scan.md"
+
+
 @dataclass
 class ScanComparison:
-    """The scan of a model before and after a defense, on the same clean images and seed."""
+    """The scan of a model before and after a defense, on the same clean images and seed.
+
+    A class flagged only after the defense is told apart from evidence that remains: the defense trains on the
+    user's clean data, which plants no backdoor, so such a class is a feature the fine-tuning sharpened (a
+    natural "sink"), unless the scan missed a backdoor before and finds it after. Every such flag measured on
+    the zoo was a class the attacker had not chosen (docs/scan.md)."""
 
     before: ScanResult
     after: ScanResult
 
     @property
+    def remaining(self) -> list[int]:
+        """Classes flagged before the defense and still after it: the evidence it left."""
+        return sorted(set(self.before.flagged) & set(self.after.flagged))
+
+    @property
+    def new(self) -> list[int]:
+        """Classes flagged only after the defense."""
+        return sorted(set(self.after.flagged) - set(self.before.flagged))
+
+    @property
     def verdict(self) -> str:
-        before, after = set(self.before.flagged), set(self.after.flagged)
-        if not before and not after:
+        before, remaining, new = set(self.before.flagged), set(self.remaining), set(self.new)
+        if remaining:
+            verdict = (
+                f"backdoor evidence remains: {_classes(remaining)} still {_stand(remaining)} out after the defense"
+            )
+        elif before:
+            verdict = f"backdoor evidence before the defense ({_classes(before)}) is gone after it"
+        elif new:
+            verdict = "no class stood out before the defense"
+        else:
             return "no class stands out, before or after the defense"
-        if not before:
-            return f"no class stood out before the defense; after it, {_classes(after)} stands out"
-        if before & after:
-            return f"backdoor evidence remains: {_classes(before & after)} still stands out after the defense"
-        if after:
-            return f"the evidence for {_classes(before)} is gone, but {_classes(after)} stands out after the defense"
-        return f"backdoor evidence before the defense ({_classes(before)}) is gone after it"
+        if new:
+            verdict += f"; {_classes(new)} {_stand(new)} out only after it ({ONLY_AFTER})"
+        return verdict
 
     def to_json(self) -> dict:
-        return {"verdict": self.verdict, "before": self.before.to_json(), "after": self.after.to_json()}
+        return {
+            "verdict": self.verdict,
+            "remaining": self.remaining,
+            "new": self.new,
+            "before": self.before.to_json(),
+            "after": self.after.to_json(),
+        }
+
+
+def _stand(classes: set[int]) -> str:
+    return "stands" if len(classes) == 1 else "stand"
 
 
 def _classes(classes: set[int]) -> str:
