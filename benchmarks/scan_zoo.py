@@ -163,8 +163,15 @@ def row(name: str, results: dict[str, Any]) -> dict[str, Any]:
             for measure in ("nc", "uap", "stripe", "warp", "tone", "periodic")
         },
         "scan_seconds": [round(scan[w]["seconds"], 1) for w in ("before", "after")],
-        "verdict": scan["verdict"],
+        "verdict": current_verdict(scan),
     }
+
+
+def current_verdict(scan: dict[str, Any]) -> str:
+    """The verdict the current wording gives the two stored scans (the run's own may predate it)."""
+    from nad.scan import ScanComparison, ScanResult
+
+    return ScanComparison(ScanResult.from_json(scan["before"]), ScanResult.from_json(scan["after"])).verdict
 
 
 def markdown(rows: list[dict[str, Any]], defense: str = "nad") -> str:
@@ -197,9 +204,10 @@ def merged(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def zoo_order(model: str) -> tuple[str, str]:
-    """Profile, then clean before the attacks (``standard-clean`` heads the ``standard`` rows)."""
+    """Profile, then clean models before the attacks (``standard-clean`` and its other seeds head the
+    ``standard`` rows)."""
     profile, _, attack = Path(model).name.partition("-")
-    return profile, "" if attack == "clean" else attack
+    return profile, " " + attack if attack.startswith("clean") else attack
 
 
 def main() -> None:

@@ -39,8 +39,10 @@ def clean_model():
     return train_model(train, cfg.arch, cfg.train, None, None, parse_normalize(cfg.normalize), quiet=True).model
 
 
-def flagged(*classes: int) -> ScanResult:
-    return ScanResult([1.0] * 3, [True] * 3, [0.0] * 3, [0.0] * 3, [0.0] * 3, list(classes), 2.0)
+def flagged(*classes: int, index: float = 3.0) -> ScanResult:
+    """A scan of ten classes whose trigger inversion flags ``classes`` with ``index``; the others score 0."""
+    nc_index = [index if c in classes else 0.0 for c in range(10)]
+    return ScanResult([1.0] * 10, [True] * 10, [0.0] * 10, nc_index, [0.0] * 10, list(classes), 2.0)
 
 
 def test_anomaly_index_uses_the_mad_with_a_floor():
@@ -100,24 +102,34 @@ def test_indices_compare_log_norms_and_log_odds():
     assert anomaly_index(odds[0], False, 0.0)[2] < anomaly_index(odds[1], False, 0.0)[2]
 
 
+GONE = (
+    "class 0 by trigger inversion 3.00 -> 0.00; threshold 2"  # the index of the class flagged before, before -> after
+)
+
+
 @pytest.mark.parametrize(
     ("before", "after", "verdict"),
     [
         ((), (), "no class stands out, before or after the defense"),
-        ((0,), (), "backdoor evidence before the defense (class 0) is gone after it"),
-        ((0, 3), (3,), "backdoor evidence remains: class 3 still stands out after the defense"),
+        ((0,), (), f"backdoor evidence before the defense (class 0) no longer stands out after it ({GONE})"),
+        (
+            (0, 3),
+            (3,),
+            "backdoor evidence remains: class 3 still stands out after the defense (class 0 by trigger inversion "
+            "3.00 -> 0.00; class 3 by trigger inversion 3.00 -> 3.00; threshold 2)",
+        ),
         (
             (0,),
             (2,),
-            "backdoor evidence before the defense (class 0) is gone after it; class 2 stands out only after it "
-            f"({ONLY_AFTER})",
+            f"backdoor evidence before the defense (class 0) no longer stands out after it ({GONE}); class 2 stands "
+            f"out only after it ({ONLY_AFTER})",
         ),
         ((), (1, 4), f"no class stood out before the defense; classes 1, 4 stand out only after it ({ONLY_AFTER})"),
         (
             (0,),
             (0, 9),
-            "backdoor evidence remains: class 0 still stands out after the defense; class 9 stands out only after it "
-            f"({ONLY_AFTER})",
+            "backdoor evidence remains: class 0 still stands out after the defense (class 0 by trigger inversion "
+            f"3.00 -> 3.00; threshold 2); class 9 stands out only after it ({ONLY_AFTER})",
         ),
     ],
 )
@@ -126,6 +138,7 @@ def test_comparison_verdicts(before, after, verdict):
     comparison = ScanComparison(flagged(*before), flagged(*after))
     assert comparison.verdict == verdict
     data = comparison.to_json()
+    assert ScanComparison(*(ScanResult.from_json(data[side]) for side in ("before", "after"))).verdict == verdict
     assert data["before"]["flagged"] == list(before)
     assert data["remaining"] == sorted(set(before) & set(after))
     assert data["new"] == sorted(set(after) - set(before))

@@ -217,9 +217,10 @@ class ScanResult:
             return "no class stands out"
         return "backdoor suspected: class " + ", ".join(map(str, self.flagged))
 
-    def evidence(self, c: int) -> dict[str, float]:
-        """The measures whose index flags class ``c``, by name, with that index."""
-        indices = {
+    def indices(self) -> dict[str, list[float]]:
+        """Each measure's per-class anomaly index, by name; empty for a measure that did not run (or cannot
+        flag on its own, as the stripes outside ``--stripes``)."""
+        return {
             "trigger inversion": self.nc_index,
             "universal perturbation": self.uap_index,
             "neuron perturbation": self.neuron_index,
@@ -227,12 +228,21 @@ class ScanResult:
             "warp": self.warp_index,
             "tone and stripes": self.periodic_index,
         }
-        return {name: index[c] for name, index in indices.items() if index and index[c] > self.threshold}
+
+    def evidence(self, c: int) -> dict[str, float]:
+        """The measures whose index flags class ``c``, by name, with that index."""
+        return {name: index[c] for name, index in self.indices().items() if index and index[c] > self.threshold}
 
     def to_json(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in PICTURES}
         data["verdict"] = self.verdict
         return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> ScanResult:
+        """A result read back from :meth:`to_json` (without its pictures); fields newer than the scan that
+        wrote it take their defaults, so an older scan is read with the measures it ran."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 #: What a class flagged only after a defense most likely is (ScanComparison's docstring says why).
@@ -264,19 +274,31 @@ class ScanComparison:
     @property
     def verdict(self) -> str:
         before, remaining, new = set(self.before.flagged), set(self.remaining), set(self.new)
+        if not before and not new:
+            return "no class stands out, before or after the defense"
         if remaining:
             verdict = (
                 f"backdoor evidence remains: {_classes(remaining)} still {_stand(remaining)} out after the defense"
             )
         elif before:
-            verdict = f"backdoor evidence before the defense ({_classes(before)}) is gone after it"
-        elif new:
-            verdict = "no class stood out before the defense"
+            verdict = f"backdoor evidence before the defense ({_classes(before)}) no longer stands out after it"
         else:
-            return "no class stands out, before or after the defense"
+            verdict = "no class stood out before the defense"
+        if before:
+            verdict += f" ({self.strength()})"
         if new:
             verdict += f"; {_classes(new)} {_stand(new)} out only after it ({ONLY_AFTER})"
         return verdict
+
+    def strength(self) -> str:
+        """Per class flagged before, the index of the measure that flagged it most strongly, before -> after:
+        evidence just under the threshold after the defense reads differently from evidence gone to zero."""
+        parts = []
+        for c in self.before.flagged:
+            name, index = max(self.before.evidence(c).items(), key=lambda item: item[1])
+            after = self.after.indices().get(name) or []
+            parts.append(f"class {c} by {name} {index:.2f} -> " + (f"{after[c]:.2f}" if after else "not run"))
+        return "; ".join(parts) + f"; threshold {self.before.threshold:g}"
 
     def to_json(self) -> dict:
         return {
