@@ -144,6 +144,20 @@ def test_comparison_verdicts(before, after, verdict):
     assert data["new"] == sorted(set(after) - set(before))
 
 
+def test_comparison_of_scans_read_back_from_older_results():
+    """A scan stored before a measure existed can name a class no index it holds flags (the stripes were once on
+    by default): the verdict still reads, without an index for that class."""
+    legacy = flagged(0)
+    legacy.nc_index = [0.0] * 10
+    assert (
+        ScanComparison(legacy, flagged()).verdict
+        == "backdoor evidence before the defense (class 0) no longer stands out after it"
+    )
+    before_tones = {k: v for k, v in flagged(0).to_json().items() if k not in ("tone_index", "periodic_index")}
+    stored = ScanResult.from_json(before_tones)  # the verdict key is not a field; missing fields take defaults
+    assert stored.flagged == [0] and stored.tone_index == [] and stored.evidence(0) == {"trigger inversion": 3.0}
+
+
 def test_class_neuron_noise_perturbs_only_the_images_of_its_class(clean_model):
     from nad.scan import ClassNeuronNoise
 

@@ -284,21 +284,23 @@ class ScanComparison:
             verdict = f"backdoor evidence before the defense ({_classes(before)}) no longer stands out after it"
         else:
             verdict = "no class stood out before the defense"
-        if before:
-            verdict += f" ({self.strength()})"
+        if strength := self.strength():
+            verdict += f" ({strength})"
         if new:
             verdict += f"; {_classes(new)} {_stand(new)} out only after it ({ONLY_AFTER})"
         return verdict
 
     def strength(self) -> str:
         """Per class flagged before, the index of the measure that flagged it most strongly, before -> after:
-        evidence just under the threshold after the defense reads differently from evidence gone to zero."""
+        evidence just under the threshold after the defense reads differently from evidence gone to zero. Empty
+        when nothing was flagged before (or, in a result read back from an older scan, by no measure it holds)."""
         parts = []
         for c in self.before.flagged:
-            name, index = max(self.before.evidence(c).items(), key=lambda item: item[1])
-            after = self.after.indices().get(name) or []
-            parts.append(f"class {c} by {name} {index:.2f} -> " + (f"{after[c]:.2f}" if after else "not run"))
-        return "; ".join(parts) + f"; threshold {self.before.threshold:g}"
+            if evidence := self.before.evidence(c):
+                name, index = max(evidence.items(), key=lambda item: item[1])
+                after = self.after.indices().get(name) or []
+                parts.append(f"class {c} by {name} {index:.2f} -> " + (f"{after[c]:.2f}" if after else "not run"))
+        return "; ".join(parts) + f"; threshold {self.before.threshold:g}" if parts else ""
 
     def to_json(self) -> dict:
         return {
