@@ -59,7 +59,8 @@ def test_the_backdoor_target_gets_the_smallest_inverted_trigger(demo_run):
     result = scan(trained.model, clean, ScanConfig(steps=100), quiet=True)
     assert min(range(10), key=lambda c: result.norms[c]) == 0  # the demo's backdoor targets class 0
     assert result.reached[0] and result.nc_index[0] == max(result.nc_index)
-    assert result.flagged == [0] and result.verdict == "backdoor suspected: class 0"
+    name, index = result.strongest(0)
+    assert result.flagged == [0] and result.verdict == f"backdoor suspected: class 0 ({name} {index:.2f})"
     assert json.loads(json.dumps(result.to_json()))["verdict"] == result.verdict
 
 
@@ -152,6 +153,11 @@ def test_comparison_of_scans_read_back_from_older_results():
     assert (
         ScanComparison(legacy, flagged()).verdict
         == "backdoor evidence before the defense (class 0) no longer stands out after it"
+    )
+    assert legacy.verdict == "backdoor suspected: class 0"
+    assert (
+        flagged(0, 9).verdict
+        == "backdoor suspected: class 0 (trigger inversion 3.00), class 9 (trigger inversion 3.00)"
     )
     before_tones = {k: v for k, v in flagged(0).to_json().items() if k not in ("tone_index", "periodic_index")}
     stored = ScanResult.from_json(before_tones)  # the verdict key is not a field; missing fields take defaults

@@ -215,7 +215,19 @@ class ScanResult:
     def verdict(self) -> str:
         if not self.flagged:
             return "no class stands out"
-        return "backdoor suspected: class " + ", ".join(map(str, self.flagged))
+        return "backdoor suspected: " + ", ".join(self.describe(c) for c in self.flagged)
+
+    def strongest(self, c: int) -> tuple[str, float] | None:
+        """The measure that flags class ``c`` most strongly, with its index; None where none flags it (a result
+        read back from an older scan can name such a class)."""
+        evidence = self.evidence(c)
+        return max(evidence.items(), key=lambda item: item[1]) if evidence else None
+
+    def describe(self, c: int) -> str:
+        """``class 0 (trigger inversion 10.48)``: an index just over the threshold is weaker evidence than one far
+        over it (docs/scan.md gives both, as measured on clean and on backdoored models)."""
+        strongest = self.strongest(c)
+        return f"class {c}" if strongest is None else f"class {c} ({strongest[0]} {strongest[1]:.2f})"
 
     def indices(self) -> dict[str, list[float]]:
         """Each measure's per-class anomaly index, by name; empty for a measure that did not run (or cannot
@@ -296,8 +308,8 @@ class ScanComparison:
         when nothing was flagged before (or, in a result read back from an older scan, by no measure it holds)."""
         parts = []
         for c in self.before.flagged:
-            if evidence := self.before.evidence(c):
-                name, index = max(evidence.items(), key=lambda item: item[1])
+            if strongest := self.before.strongest(c):
+                name, index = strongest
                 after = self.after.indices().get(name) or []
                 parts.append(f"class {c} by {name} {index:.2f} -> " + (f"{after[c]:.2f}" if after else "not run"))
         return "; ".join(parts) + f"; threshold {self.before.threshold:g}" if parts else ""
