@@ -69,6 +69,8 @@ def attack_target(name: str) -> int | None:
 
 
 def scan_only(name: str, data: str, out: Path, stripes: bool = False) -> dict[str, Any]:
+    from nad.scan import ScanResult
+
     folder = out / (f"{Path(name).name}--scan" + ("-stripes" if stripes else ""))
     if not (folder / "scan.json").is_file():
         command = [sys.executable, "-m", "nad", "scan", str(model_folder(name)), "--clean", data, "--quiet"]
@@ -91,7 +93,7 @@ def scan_only(name: str, data: str, out: Path, stripes: bool = False) -> dict[st
         "max_tone_index": round(max(scan["tone_index"]), 2) if scan.get("tone_index") else None,
         "periodic_flagged": [c for c in scan["flagged"] if periodic and periodic[c] > scan["threshold"]],
         "seconds": round(scan["seconds"], 1),
-        "verdict": scan["verdict"],
+        "verdict": ScanResult.from_json(scan).verdict,  # the current wording (the stored one may predate it)
     }
 
 
