@@ -77,7 +77,7 @@ def scan_only(name: str, data: str, out: Path, stripes: bool = False) -> dict[st
         command += ["--stripes"] * stripes
         subprocess.run([*command, "--out", str(folder)], check=True)
     scan = json.loads((folder / "scan.json").read_text())
-    target, periodic = attack_target(name), scan.get("periodic_index")  # the tones' rule: absent from older scans
+    target, result = attack_target(name), ScanResult.from_json(scan)
     return {
         "model": name,
         "target": target,
@@ -91,9 +91,9 @@ def scan_only(name: str, data: str, out: Path, stripes: bool = False) -> dict[st
         if scan.get("tone_index")
         else None,
         "max_tone_index": round(max(scan["tone_index"]), 2) if scan.get("tone_index") else None,
-        "periodic_flagged": [c for c in scan["flagged"] if periodic and periodic[c] > scan["threshold"]],
+        "periodic_flagged": [c for c in result.flagged if "tone and stripes" in result.evidence(c)],
         "seconds": round(scan["seconds"], 1),
-        "verdict": ScanResult.from_json(scan).verdict,  # the current wording (the stored one may predate it)
+        "verdict": result.verdict,  # the current wording (the stored one may predate it)
     }
 
 
@@ -205,11 +205,11 @@ def merged(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(merged_with_committed(name, rows, "rows"), key=lambda r: zoo_order(r["model"]))
 
 
-def zoo_order(model: str) -> tuple[str, str]:
+def zoo_order(model: str) -> tuple[str, bool, str]:
     """Profile, then clean models before the attacks (``standard-clean`` and its other seeds head the
     ``standard`` rows)."""
     profile, _, attack = Path(model).name.partition("-")
-    return profile, " " + attack if attack.startswith("clean") else attack
+    return profile, not attack.startswith("clean"), attack
 
 
 def main() -> None:
