@@ -18,6 +18,7 @@ from nad.models import parse_normalize
 from nad.scan import (
     ONLY_AFTER,
     STRIPE_EPS,
+    STRONG,
     ScanComparison,
     ScanConfig,
     ScanResult,
@@ -60,6 +61,7 @@ def test_the_backdoor_target_gets_the_smallest_inverted_trigger(demo_run):
     assert min(range(10), key=lambda c: result.norms[c]) == 0  # the demo's backdoor targets class 0
     assert result.reached[0] and result.nc_index[0] == max(result.nc_index)
     name, index = result.strongest(0)
+    assert index >= STRONG and result.suspected == [0]
     assert result.flagged == [0] and result.verdict == f"backdoor suspected: class 0 ({name} {index:.2f})"
     assert json.loads(json.dumps(result.to_json()))["verdict"] == result.verdict
 
@@ -162,6 +164,30 @@ def test_comparison_of_scans_read_back_from_older_results():
     before_tones = {k: v for k, v in flagged(0).to_json().items() if k not in ("tone_index", "periodic_index")}
     stored = ScanResult.from_json(before_tones)  # the verdict key is not a field; missing fields take defaults
     assert stored.flagged == [0] and stored.tone_index == [] and stored.evidence(0) == {"trigger inversion": 3.0}
+
+
+def test_a_flag_under_the_strong_index_reads_as_weak_evidence():
+    """Indices of 2-3 were measured on clean models too; the verdict says so rather than "backdoor suspected"."""
+    weak = flagged(1, index=2.5)
+    note = "an index under 3 is also seen on clean models (docs/scan.md)"
+    assert weak.suspected == [] and weak.verdict == f"weak backdoor evidence: class 1 (trigger inversion 2.50); {note}"
+    mixed = flagged(0, 1, index=2.5)
+    mixed.nc_index[0] = 4.0
+    verdict = (
+        "backdoor suspected: class 0 (trigger inversion 4.00); weak backdoor evidence: class 1 (trigger inversion 2.50)"
+    )
+    assert mixed.suspected == [0] and mixed.verdict == verdict
+    assert ScanResult.from_json(json.loads(json.dumps(mixed.to_json()))).verdict == verdict
+    assert mixed.to_json()["suspected"] == [0]
+    gone = ScanComparison(weak, flagged()).verdict
+    assert gone == (
+        "weak backdoor evidence before the defense (class 1) no longer stands out after it "
+        "(class 1 by trigger inversion 2.50 -> 0.00; threshold 2)"
+    )
+    assert ScanComparison(flagged(1), weak).verdict.startswith("weak backdoor evidence remains: class 1 still")
+    assert ScanComparison(weak, flagged(1)).verdict.startswith("backdoor evidence remains: class 1 still")
+    with pytest.raises(NadError, match="strong"):
+        ScanConfig(strong=1.5)
 
 
 def test_class_neuron_noise_perturbs_only_the_images_of_its_class(clean_model):

@@ -84,6 +84,12 @@ SIG, WaNet; reference clean, SIG, WaNet) at two budgets, 0.03 and 0.06 (at 0.06 
 reached by 75-100% of the images, so nothing stands out). On those seven models it is not independent
 evidence; docs/scan.md keeps them apart from the models trained later.
 
+A class is flagged where any measure's index exceeds ``threshold`` (2, Neural Cleanse's, for one measure); the
+verdict calls it "backdoor suspected" where its strongest index reaches ``strong`` (3) and "weak backdoor
+evidence" under that. Fifty indices (five measures, ten classes) put one over 2 by chance on 68% of clean
+models if they were independent and normal, and one over 3 on 7%; measured, clean models trained without
+augmentation were flagged at 2.02-2.97 (3 of 7; docs/scan.md), and SIG's zoo targets scored 2.41-2.60.
+
 Deviations from the reference code, for speed (one scan of a 10-class WRN-16-1: 47 s in fp32, 25 s in bf16 on
 2 idle CPU cores; ``python -m benchmarks.scan``): all classes are optimised at once in one batch (the
 reference runs one class after another), for ``steps`` steps of ``batch`` images per class (the reference: up
@@ -121,6 +127,9 @@ STRIPE_EPS = 24 / 255  # the stripe perturbations' budget when they are on (``na
 WARP_RATE_FLOOR = 0.05
 TONE_FREQUENCIES = 12  # the tones' highest frequency, in periods across the image (SIG's: 6)
 TONE_PHASES = 8  # phases per frequency, in equal parts of a turn
+#: The index at which a flag reads "backdoor suspected" rather than "weak evidence": with five measures of ten
+#: classes, chance alone (normal indices) passes the threshold of 2 somewhere on 68% of clean models and 3 on 7%.
+STRONG = 3.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,8 @@ class ScanConfig:
     # The tones: pure sinusoids of this amplitude, corroborated by stripes of the same budget (0: off).
     tone_amplitude: float = field(default=STRIPE_EPS, metadata={"hash": "when-changed"})
     threshold: float = 2.0
+    # A flag whose strongest index reaches this is "backdoor suspected"; one under it, "weak evidence" (module doc).
+    strong: float = field(default=STRONG, metadata={"hash": "when-changed"})
     seed: int = 0
     precision: Precision = "fp32"
     channels_last: bool = True
@@ -167,6 +178,8 @@ class ScanConfig:
             raise NadError(f"scan: need 0 <= warp_bound <= 8 pixels (0: off) and warp_grid >= 2, got {self.warp_bound}")
         if not (0 < self.eps <= 1 and 0 < self.uap_step <= 1 and 0 < self.success <= 1 and self.threshold > 0):
             raise NadError("scan: need 0 < eps, uap_step, success <= 1 and threshold > 0")
+        if self.strong < self.threshold:
+            raise NadError(f"scan: strong ({self.strong}) must be at least the threshold ({self.threshold})")
         if self.precision not in ("fp32", "bf16"):
             raise NadError(f"scan: precision must be fp32 or bf16, got {self.precision!r}")
 
@@ -204,6 +217,7 @@ class ScanResult:
     tone_best: list[int] = field(default_factory=list)  # per class, the best tone's place in :func:`tones`
     periodic_index: list[float] = field(default_factory=list)  # per class, the smaller of its tone and stripe index
     stripes_alone: bool = False  # the stripes flag on their own (``stripe_eps`` > 0), not only with the tones
+    strong: float = STRONG  # the index from which a flag reads "backdoor suspected" (``ScanConfig.strong``)
 
     @property
     def trigger_flagged(self) -> list[int]:
@@ -212,10 +226,20 @@ class ScanResult:
         return [c for c in self.flagged if max(self.nc_index[c], self.uap_index[c]) > self.threshold]
 
     @property
+    def suspected(self) -> list[int]:
+        """The flagged classes whose strongest index reaches ``strong``: more than chance gives a clean model
+        across all the measures and classes. A class no stored index flags (an older scan) counts as suspected."""
+        return [c for c in self.flagged if (strongest := self.strongest(c)) is None or strongest[1] >= self.strong]
+
+    @property
     def verdict(self) -> str:
         if not self.flagged:
             return "no class stands out"
-        return "backdoor suspected: " + ", ".join(self.describe(c) for c in self.flagged)
+        suspected = self.suspected
+        weak = [c for c in self.flagged if c not in suspected]
+        labelled = (("backdoor suspected", suspected), ("weak backdoor evidence", weak))
+        parts = [f"{label}: " + ", ".join(map(self.describe, classes)) for label, classes in labelled if classes]
+        return "; ".join(parts if suspected else [*parts, WEAK.format(strong=self.strong)])
 
     def strongest(self, c: int) -> tuple[str, float] | None:
         """The measure that flags class ``c`` most strongly, with its index; None where none flags it (a result
@@ -247,7 +271,7 @@ class ScanResult:
 
     def to_json(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in PICTURES}
-        data["verdict"] = self.verdict
+        data["verdict"], data["suspected"] = self.verdict, self.suspected
         return data
 
     @classmethod
@@ -259,6 +283,8 @@ class ScanResult:
 
 #: What a class flagged only after a defense most likely is (ScanComparison's docstring says why).
 ONLY_AFTER = "likely a natural sink, not a backdoor: docs/scan.md"
+#: What a verdict of weak evidence only adds (the module doc and docs/scan.md give the measurements).
+WEAK = "an index under {strong:g} is also seen on clean models (docs/scan.md)"
 
 
 @dataclass
@@ -289,11 +315,11 @@ class ScanComparison:
         if not before and not new:
             return "no class stands out, before or after the defense"
         if remaining:
-            verdict = (
-                f"backdoor evidence remains: {_classes(remaining)} still {_stand(remaining)} out after the defense"
-            )
+            evidence = "backdoor evidence" if remaining & set(self.after.suspected) else "weak backdoor evidence"
+            verdict = f"{evidence} remains: {_classes(remaining)} still {_stand(remaining)} out after the defense"
         elif before:
-            verdict = f"backdoor evidence before the defense ({_classes(before)}) no longer stands out after it"
+            evidence = "backdoor evidence" if self.before.suspected else "weak backdoor evidence"
+            verdict = f"{evidence} before the defense ({_classes(before)}) no longer stands out after it"
         else:
             verdict = "no class stood out before the defense"
         if strength := self.strength():
@@ -416,6 +442,7 @@ def scan(clf: Classifier, clean: ImageData, cfg: ScanConfig = ScanConfig(), quie
         best_tones,
         periodic,
         cfg.stripe_eps > 0,
+        cfg.strong,
     )
 
 
