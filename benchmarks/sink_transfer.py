@@ -31,7 +31,7 @@ from nad.api import fixed_subset, split_clean
 from nad.data import load_data
 from nad.data.dataset import ImageData
 from nad.models.checkpoint import Classifier, load_model
-from nad.scan import ScanConfig, anomaly_index, forward, invert_triggers
+from nad.scan import ScanConfig, forward, invert_triggers, norm_index
 
 FALSE_FLAGS = [f"zoo/holdout/reference-clean-s{s}" for s in (1, 3, 6, 7)]  # a class flagged by trigger inversion
 CONTROLS = ["zoo/holdout/reference-clean-s4"]  # clean, no class flagged by trigger inversion
@@ -52,15 +52,14 @@ def stamped_rates(
     sends to c."""
     cfg = ScanConfig()
     x = held.x.float() / 255
-    rates: list[list[float]] = [[] for _ in models]
-    for c in range(masks.shape[0]):
-        keep = held.y != c
-        triggered = (1 - masks[c]) * x[keep] + masks[c] * patterns[c]
-        with torch.no_grad():
+    rates = torch.zeros(len(models), masks.shape[0])
+    with torch.no_grad():
+        for c in range(masks.shape[0]):
+            triggered = (1 - masks[c]) * x[held.y != c] + masks[c] * patterns[c]
             for i, clf in enumerate(models):
-                hits = sum(int((forward(clf, part, cfg).argmax(1) == c).sum()) for part in triggered.split(500))
-                rates[i].append(100.0 * hits / int(keep.sum()))
-    return rates
+                predicted = torch.cat([forward(clf, part, cfg).argmax(1) for part in triggered.split(500)])
+                rates[i, c] = (predicted == c).float().mean() * 100
+    return rates.tolist()
 
 
 def probe(name: str, pool: ImageData, references: list[str], images: int) -> dict[str, Any]:
@@ -68,7 +67,7 @@ def probe(name: str, pool: ImageData, references: list[str], images: int) -> dic
     clf, clean = probe_model(name, pool)
     held = fixed_subset(split_clean(pool, 0.05, 0, clf.info.num_classes)[1], images, 1)
     norms, _, masks, patterns = invert_triggers(clf, clean, ScanConfig(), torch.Generator().manual_seed(0), True)
-    index = anomaly_index([torch.tensor(max(n, 0.01)).log().item() for n in norms], low=True, floor=0.25)
+    index = norm_index(norms)
     others = [load_model(r if "/" in r else f"zoo/{r}") for r in references if r != name]
     for ref in others:
         ref.module.eval().requires_grad_(False)

@@ -410,8 +410,7 @@ def scan(clf: Classifier, clean: ImageData, cfg: ScanConfig = ScanConfig(), quie
         module.train(was_training)
         if not was_channels_last:
             module.to(memory_format=torch.contiguous_format)
-    # A norm of ~0 (a class every image already goes to, untriggered) is taken as 1% of a pixel.
-    nc = anomaly_index([math.log(max(n, 0.01)) for n in norms], low=True, floor=NC_FLOOR)
+    nc = norm_index(norms)
     uap, by_neuron, by_stripe = rate_index(success), rate_index(neuron), rate_index(stripe)
     by_warp = rate_index(warp, WARP_RATE_FLOOR)
     # Without the stripes no tone index passes the threshold, so the tone's own index stands in for the smaller.
@@ -452,6 +451,12 @@ def forward(clf: Classifier, x: Tensor, cfg: ScanConfig) -> Tensor:
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     with autocast(x.device, cfg.precision):
         return clf.module(clf.preprocess_float(x).contiguous(memory_format=fmt)).float()
+
+
+def norm_index(norms: list[float]) -> list[float]:
+    """The anomaly index of inverted mask norms, on the log scale, below the median (trigger inversion's)."""
+    # A norm of ~0 (a class every image already goes to, untriggered) is taken as 1% of a pixel.
+    return anomaly_index([math.log(max(n, 0.01)) for n in norms], low=True, floor=NC_FLOOR)
 
 
 def rate_index(rates: list[float], floor: float = 0.005) -> list[float]:
