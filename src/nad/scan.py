@@ -88,7 +88,7 @@ A class is flagged where any measure's index exceeds ``threshold`` (2, Neural Cl
 verdict calls it "backdoor suspected" where its strongest index reaches ``strong`` (3) and "weak backdoor
 evidence" under that. Fifty indices (five measures, ten classes) put one over 2 by chance on 68% of clean
 models if they were independent and normal, and one over 3 on 7%; measured, clean models trained without
-augmentation were flagged at 2.02-3.09 (4 of 8; docs/scan.md), and SIG's zoo targets scored 2.41-2.60: the 3
+augmentation were flagged at 2.02-3.09 (5 of 9; docs/scan.md), and SIG's zoo targets scored 2.41-2.60: the 3
 grades evidence, it does not divide sinks from backdoors.
 
 Deviations from the reference code, for speed (one scan of a 10-class WRN-16-1: 47 s in fp32, 25 s in bf16 on
