@@ -186,8 +186,8 @@ def test_a_flag_under_the_strong_index_reads_as_weak_evidence():
     )
     assert ScanComparison(flagged(1), weak).verdict.startswith("weak backdoor evidence remains: class 1 still")
     assert ScanComparison(weak, flagged(1)).verdict.startswith("backdoor evidence remains: class 1 still")
-    with pytest.raises(NadError, match="strong"):
-        ScanConfig(strong=1.5)
+    lenient = replace(weak, strong=2.0)  # a strong index at the threshold: every flag is suspected
+    assert lenient.suspected == [1] and lenient.verdict.startswith("backdoor suspected: class 1")
 
 
 def test_class_neuron_noise_perturbs_only_the_images_of_its_class(clean_model):

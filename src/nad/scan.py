@@ -160,7 +160,8 @@ class ScanConfig:
     # The tones: pure sinusoids of this amplitude, corroborated by stripes of the same budget (0: off).
     tone_amplitude: float = field(default=STRIPE_EPS, metadata={"hash": "when-changed"})
     threshold: float = 2.0
-    # A flag whose strongest index reaches this is "backdoor suspected"; one under it, "weak evidence" (module doc).
+    # A flag whose strongest index reaches this is "backdoor suspected"; one under it, "weak evidence" (module doc):
+    # at or under ``threshold``, every flag is suspected.
     strong: float = field(default=STRONG, metadata={"hash": "when-changed"})
     seed: int = 0
     precision: Precision = "fp32"
@@ -179,8 +180,6 @@ class ScanConfig:
             raise NadError(f"scan: need 0 <= warp_bound <= 8 pixels (0: off) and warp_grid >= 2, got {self.warp_bound}")
         if not (0 < self.eps <= 1 and 0 < self.uap_step <= 1 and 0 < self.success <= 1 and self.threshold > 0):
             raise NadError("scan: need 0 < eps, uap_step, success <= 1 and threshold > 0")
-        if self.strong < self.threshold:
-            raise NadError(f"scan: strong ({self.strong}) must be at least the threshold ({self.threshold})")
         if self.precision not in ("fp32", "bf16"):
             raise NadError(f"scan: precision must be fp32 or bf16, got {self.precision!r}")
 
