@@ -227,8 +227,9 @@ class ScanResult:
 
     @property
     def suspected(self) -> list[int]:
-        """The flagged classes whose strongest index reaches ``strong``: more than chance gives a clean model
-        across all the measures and classes. A class no stored index flags (an older scan) counts as suspected."""
+        """The flagged classes whose strongest index reaches ``strong``: stronger evidence than most clean models'
+        flags, not proof (a clean model's sink reached 3.09; module doc). A class no stored index flags (an older
+        scan) counts as suspected."""
         return [c for c in self.flagged if (strongest := self.strongest(c)) is None or strongest[1] >= self.strong]
 
     @property
