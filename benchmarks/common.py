@@ -68,11 +68,17 @@ def merged_with_committed(name: str, items: list[dict[str, Any]], field: str) ->
     return list(({m["model"]: m for m in kept} | {m["model"]: m for m in items}).values())
 
 
-def probe_model(name: str, clean_pool: ImageData, clean_seed: int = 0) -> tuple[Classifier, ImageData]:
-    """A model of ``zoo/`` (or, for a ``name`` with a ``/``, a folder), frozen in eval mode, and the 5% clean subset
-    of ``clean_pool`` that ``nad scan`` draws with ``clean_seed``: what every scan probe starts from."""
+def frozen_model(name: str) -> Classifier:
+    """A model of ``zoo/`` (or, for a ``name`` with a ``/``, a folder), frozen in eval mode."""
     clf = load_model(name if "/" in name else f"zoo/{name}")
     clf.module.eval().requires_grad_(False)
+    return clf
+
+
+def probe_model(name: str, clean_pool: ImageData, clean_seed: int = 0) -> tuple[Classifier, ImageData]:
+    """:func:`frozen_model` and the 5% clean subset of ``clean_pool`` that ``nad scan`` draws with ``clean_seed``:
+    what every scan probe starts from."""
+    clf = frozen_model(name)
     return clf, select_clean(clean_pool, 0.05, clean_seed, clf.info.num_classes)
 
 

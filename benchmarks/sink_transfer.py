@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import merged_with_committed, probe_model, report
+from benchmarks.common import frozen_model, merged_with_committed, probe_model, report
 from nad.api import fixed_subset, split_clean
 from nad.data import load_data
 from nad.data.dataset import ImageData
-from nad.models.checkpoint import Classifier, load_model
+from nad.models.checkpoint import Classifier
 from nad.scan import ScanConfig, forward, invert_triggers, norm_index
 
 FALSE_FLAGS = [f"zoo/holdout/reference-clean-s{s}" for s in (1, 3, 6, 7)]  # a class flagged by trigger inversion
@@ -68,9 +68,7 @@ def probe(name: str, pool: ImageData, references: list[str], images: int) -> dic
     held = fixed_subset(split_clean(pool, 0.05, 0, clf.info.num_classes)[1], images, 1)
     norms, _, masks, patterns = invert_triggers(clf, clean, ScanConfig(), torch.Generator().manual_seed(0), True)
     index = norm_index(norms)
-    others = [load_model(r if "/" in r else f"zoo/{r}") for r in references if r != name]
-    for ref in others:
-        ref.module.eval().requires_grad_(False)
+    others = [frozen_model(r) for r in references if r != name]
     own, *theirs = stamped_rates([clf, *others], masks, patterns, held)
     carried = [statistics.mean(rates[c] for rates in theirs) for c in range(len(norms))]
     return {
