@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import frozen_model, merged_with_committed, probe_model, report
+from benchmarks.common import frozen_model, merged_with_committed, report
 from nad.api import fixed_subset, split_clean
 from nad.data import load_data
 from nad.data.dataset import ImageData
@@ -64,16 +64,17 @@ def stamped_rates(
 
 def probe(name: str, pool: ImageData, references: list[str], images: int) -> dict[str, Any]:
     start = time.perf_counter()
-    clf, clean = probe_model(name, pool)
-    held = fixed_subset(split_clean(pool, 0.05, 0, clf.info.num_classes)[1], images, 1)
+    clf = frozen_model(name)
+    clean, rest = split_clean(pool, 0.05, 0, clf.info.num_classes)  # the clean set ``nad scan`` draws, and the rest
+    held = fixed_subset(rest, images, 1)
     norms, _, masks, patterns = invert_triggers(clf, clean, ScanConfig(), torch.Generator().manual_seed(0), True)
     index = norm_index(norms)
-    others = [frozen_model(r) for r in references if r != name]
-    own, *theirs = stamped_rates([clf, *others], masks, patterns, held)
+    others = [r for r in references if r != name]
+    own, *theirs = stamped_rates([clf, *map(frozen_model, others)], masks, patterns, held)
     carried = [statistics.mean(rates[c] for rates in theirs) for c in range(len(norms))]
     return {
         "model": name,
-        "references": [r for r in references if r != name],
+        "references": others,
         "norms": [round(n, 1) for n in norms],
         "nc_index": [round(i, 2) for i in index],
         "own_rate": [round(r, 1) for r in own],
